@@ -1,0 +1,1 @@
+"""Prefect flows: benchmark (prepare -> pretrain -> merge -> fewshot -> report) and the `mera` CLI."""

@@ -1,0 +1,31 @@
+"""Process environment for a run, set before prefect/mlflow/HF are imported.
+
+Everything a run writes goes under the project (configurable in the config's `paths`);
+a user's own PREFECT_HOME / PREFECT_API_URL / MLflow server settings are respected.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mera.config import BUNDLED_MODEL, SweepConfig
+
+
+def configure(cfg: SweepConfig) -> None:
+    home = cfg.paths.resolve("prefect_home")
+    defaults = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        # a fresh ephemeral server needs ~15 s here; the default timeout is 20 s
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "DVC_NO_ANALYTICS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if cfg.model.name == BUNDLED_MODEL and cfg.data.source != "hub":
+        # nothing comes from the hub: without these a hub lookup hangs ~30-50 s offline
+        defaults.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,1 @@
+"""mera: merging pretrained adapters for few-shot learning (the library; no orchestration)."""

@@ -1,0 +1,163 @@
+"""Data: import into the uniform layout, load splits, hash them, sample K shots per class.
+
+Uniform layout: `<dir>/<task>/{train,validation}.parquet` with columns sentence1 (str),
+sentence2 (str or null), label (int), plus `<dir>/<task>/meta.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from mera.tasks import HUB_TASKS, TaskError, TaskSpec, available_tasks, did_you_mean, read_task
+
+SPLITS = ("train", "validation")
+COLUMNS = ("sentence1", "sentence2", "label")
+
+
+def load_split(data_dir: Path, task: TaskSpec, split: str) -> pd.DataFrame:
+    """One split as a DataFrame with exactly the uniform columns; bad files fail clearly."""
+    path = Path(data_dir) / task.name / f"{split}.parquet"
+    if not path.is_file():
+        raise TaskError(f"task {task.name!r} has no {split} split at {path}")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise TaskError(f"{path} is not a readable parquet file ({exc})") from None
+    missing = [c for c in ("sentence1", "label") if c not in df.columns]
+    if missing:
+        raise TaskError(f"{path} lacks column(s) {missing}; the uniform schema is {list(COLUMNS)}")
+    if "sentence2" not in df.columns:
+        df["sentence2"] = None
+    df = df[list(COLUMNS)].reset_index(drop=True)
+    bad = ~df["label"].between(0, task.num_labels - 1)
+    if bad.any():
+        raise TaskError(
+            f"{path}: label {df.loc[bad, 'label'].iloc[0]!r} is outside 0..{task.num_labels - 1} "
+            f"(label_names {list(task.label_names)})"
+        )
+    df["label"] = df["label"].astype(int)
+    return df
+
+
+def task_hash(data_dir: Path, name: str) -> str:
+    """Content hash of a task's files: enters the cache key of everything that reads it."""
+    h = hashlib.sha256()
+    task_dir = Path(data_dir) / name
+    for f in sorted(p for p in task_dir.iterdir() if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sample_k_shot(df: pd.DataFrame, k: int, seed: int, num_labels: int) -> pd.DataFrame:
+    """Exactly `k` examples of every class, drawn with `seed` (same seed -> same sample).
+
+    Draws from the train split only, so it can never overlap the validation split.
+    """
+    parts = []
+    for label in range(num_labels):
+        pool = df[df["label"] == label]
+        if len(pool) < k:
+            raise TaskError(f"class {label} has {len(pool)} training examples, fewer than shots={k}")
+        parts.append(pool.sample(n=k, random_state=seed))
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def cap(df: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """A seeded subsample of at most `limit` rows (None = all)."""
+    if limit is None or len(df) <= limit:
+        return df
+    return df.sample(n=limit, random_state=seed).reset_index(drop=True)
+
+
+def _copy_task(src: Path, dst_root: Path, name: str) -> None:
+    """Copy one task atomically: a temp dir beside the target, then rename."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dst_root))
+    try:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        target = dst_root / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def import_from_dir(source: Path, data_dir: Path, tasks: list[str] | None = None) -> list[str]:
+    """Copy tasks (all of `source` by default) that are in the uniform layout into data_dir."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise TaskError(f"data source {str(source)!r} is not a directory (expected <dir>/<task>/meta.json)")
+    known = available_tasks(source)
+    names = tasks or known
+    for name in names:
+        if name not in known:
+            raise TaskError(f"task {name!r} is not in {source}; {did_you_mean(name, known)}")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        spec = read_task(source, name)
+        for split in SPLITS:
+            load_split(source, spec, split)  # validate before anything lands in data_dir
+        _copy_task(source / name, data_dir, name)
+    return names
+
+
+def import_from_hub(data_dir: Path, name: str) -> None:
+    """Download one task from the Hugging Face hub into the uniform layout (needs a network)."""
+    if name not in HUB_TASKS:
+        raise TaskError(f"task {name!r} has no hub source; {did_you_mean(name, list(HUB_TASKS))}")
+    from datasets import load_dataset  # heavy import, only on this path
+
+    src = HUB_TASKS[name]
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=data_dir))
+    try:
+        for split, hub_split in src.splits:
+            ds = load_dataset(src.path, src.config, split=hub_split).to_pandas()
+            label = ds["label"]
+            if src.label_threshold is not None:
+                label = (label >= src.label_threshold).astype(int)
+            df = pd.DataFrame({
+                "sentence1": ds[src.sentence1].astype(str),
+                "sentence2": ds[src.sentence2].astype(str) if src.sentence2 else None,
+                "label": label.astype("int64"),
+            })
+            df = df[df["label"] >= 0]  # hub test splits mark unlabelled rows with -1
+            df.to_parquet(tmp / f"{split}.parquet", index=False)
+        meta = {"task": name, "track": src.track, "label_names": list(src.label_names),
+                "source": {"hub": src.path, "config": src.config}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        target = data_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_tasks(data_dir: Path, source: str, names: list[str]) -> list[str]:
+    """Import the tasks missing from data_dir from `source` ("hub" or a directory).
+
+    From a directory every task there is copied, so the DVC-tracked data/ is the same
+    on every machine; from the hub only the missing tasks are downloaded.
+    Returns the names imported (empty when nothing was missing).
+    """
+    missing = [n for n in names if not (Path(data_dir) / n / "meta.json").is_file()]
+    if not missing:
+        return []
+    if source == "hub":
+        for name in missing:
+            import_from_hub(data_dir, name)
+        return missing
+    return import_from_dir(Path(source), data_dir)

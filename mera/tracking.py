@@ -1,0 +1,127 @@
+"""The only place that talks to MLflow.
+
+Store: SQLite DB + local artifact dir inside the project (or a server URI). Runs are
+created with an explicit parent id and logged by run id, so they nest correctly from
+threads, processes and cluster workers (MLflow's active run is thread-local).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+SWEEP_STAGE = "sweep"
+
+
+def _retry(fn, *args, attempts: int = 6, **kwargs):
+    """SQLite under concurrent writers answers 'database is locked' now and then."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # mlflow wraps the sqlite error in its own types
+            if "locked" not in str(exc) or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+
+
+class Tracker:
+    def __init__(self, store: str | Path, experiment: str):
+        store = str(store)
+        if "://" in store:
+            self.uri, self.artifact_root = store, None
+        else:
+            root = Path(store).resolve()
+            self.uri, self.artifact_root = f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
+        self.experiment = experiment
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        """Create the DB and the experiment once, before any fan-out (migration race)."""
+        if self.artifact_root is not None:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
+        exp = _retry(self.client.get_experiment_by_name, self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_root.as_uri() if self.artifact_root else None
+        return _retry(self.client.create_experiment, self.experiment, artifact_location=location)
+
+    def find(self, key: str, status: str | None = None):
+        query = f"tags.`mera.key` = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
+        return _retry(self.client.search_runs, [self.experiment_id()], filter_string=query, max_results=50)
+
+    def sweep_run(self, key: str, name: str, params: dict) -> str:
+        """The sweep's parent run, reused when the same sweep runs again."""
+        for run in self.find(key):
+            if run.data.tags.get("mera.stage") == SWEEP_STAGE:
+                _retry(self.client.update_run, run.info.run_id, status="RUNNING")
+                return run.info.run_id
+        run = _retry(self.client.create_run, self.experiment_id(), run_name=name,
+                     tags={"mera.stage": SWEEP_STAGE, "mera.key": key})
+        self._log(run.info.run_id, params, {})
+        return run.info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        _retry(self.client.set_terminated, run_id, status=status)
+
+    def finished(self, key: str) -> str | None:
+        runs = self.find(key, "FINISHED")
+        return runs[0].info.run_id if runs else None
+
+    @contextmanager
+    def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict) -> Iterator["UnitRun"]:
+        """A child run for one unit; FAILED on error. Earlier FAILED/RUNNING attempts become KILLED."""
+        for run in self.find(key):
+            if run.info.status in ("FAILED", "RUNNING"):
+                _retry(self.client.set_terminated, run.info.run_id, status="KILLED")
+        all_tags = {"mera.key": key, **{k: str(v) for k, v in tags.items()}}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
+        handle = UnitRun(self, run.info.run_id)
+        self._log(handle.run_id, params, {})
+        try:
+            yield handle
+        except BaseException:
+            self.end(handle.run_id, "FAILED")
+            raise
+        self.end(handle.run_id, "FINISHED")
+
+    def _log(self, run_id: str, params: dict, metrics: dict) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        _retry(self.client.log_batch, run_id,
+               params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+               metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+class UnitRun:
+    def __init__(self, tracker: Tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    def metrics(self, values: dict[str, float]) -> None:
+        self.tracker._log(self.run_id, {}, values)
+
+    def artifacts(self, directory: Path, under: str | None = None) -> None:
+        _retry(self.tracker.client.log_artifacts, self.run_id, str(directory), under)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config sections as dotted MLflow params."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,1 @@
+"""Prefect @task wrappers around mera.units: cache keys, retries, result storage. Thin."""

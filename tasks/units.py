@@ -1,0 +1,66 @@
+"""Each stage's unit as a Prefect task.
+
+The cache key is the unit's manifest key, and only while its manifest exists: a deleted
+or half-written artifact re-runs instead of returning a stale path. Results are small
+JSON dicts (paths, keys, metrics), never models, so caching and cluster workers stay cheap.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+
+from mera import units
+from mera.config import SweepConfig
+
+
+def _cfg(config: dict) -> SweepConfig:
+    return SweepConfig.model_validate(config)
+
+
+def _key_if_done(builder):
+    def cache_key(_ctx, params: dict) -> str | None:
+        args = {k: v for k, v in params.items() if k not in ("config", "parent_id")}
+        cfg = _cfg(params["config"])
+        unit = builder(cfg, **args)
+        return f"{unit.stage}-{unit.key}" if unit.done(cfg) is not None else None
+
+    return cache_key
+
+
+_COMMON = dict(persist_result=True, result_serializer="json")
+
+
+@task(name="import-data", retries=1, retry_delay_seconds=5)
+def import_data(config: dict) -> list[str]:
+    return units.import_data(_cfg(config))
+
+
+@task(name="prepare", task_run_name="prepare-{task}", cache_key_fn=_key_if_done(units.prepare_unit), **_COMMON)
+def prepare(config: dict, task: str, parent_id: str | None = None) -> dict:
+    return units.prepare(_cfg(config), task, parent_id)
+
+
+@task(name="pretrain", task_run_name="pretrain-{prep[task]}",
+      cache_key_fn=_key_if_done(units.pretrain_unit), **_COMMON)
+def pretrain(config: dict, prep: dict, parent_id: str | None = None) -> dict:
+    return units.pretrain(_cfg(config), prep, parent_id)
+
+
+@task(name="merge", task_run_name="merge-{target}-{group}-{method}",
+      cache_key_fn=_key_if_done(units.merge_unit), **_COMMON)
+def merge(config: dict, target: str, group: str, method: str, members: list[dict], parent_id: str | None = None) -> dict:
+    return units.merge(_cfg(config), target, group, method, members, parent_id)
+
+
+@task(name="fewshot", task_run_name="fewshot-{prep[task]}-{init}-{group}-k{shots}-s{seed}",
+      cache_key_fn=_key_if_done(units.fewshot_unit), **_COMMON)
+def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, seed: int,
+            merged: dict | None = None, parent_id: str | None = None) -> dict:
+    return units.fewshot(_cfg(config), prep, init, group, shots, seed, merged, parent_id)
+
+
+@task(name="report")
+def report(config: dict, results: list[dict], timings: dict) -> str:
+    from mera.report import write_report
+
+    return str(write_report(_cfg(config), results, timings))
