@@ -11,6 +11,7 @@ import os
 import time
 
 from prefect import flow
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import tasks.units as t
@@ -30,7 +31,7 @@ def benchmark(config: dict, until: str = "report") -> dict:
     timings: dict[str, float] = {}
     track = units.tracker(cfg)
     parent = track.sweep_run(units.sweep_key(cfg), cfg.name, flatten(cfg.model_dump()))
-    out: dict = {"parent_run_id": parent}
+    out: dict = {"parent_run_id": parent, "flow_run_id": str(flow_run.id)}
     try:
         clock = time.perf_counter()
         t.import_data(config)

@@ -55,6 +55,15 @@ class MergeConfig(_Section):
     methods: list[str] = Field(default_factory=lambda: ["mera-avg", "mera-wts"], min_length=1)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-method parameters
 
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, methods: list[str]) -> list[str]:
+        from mera.merge import get_method  # the registry; raises MergeError with did-you-mean
+
+        for name in methods:
+            get_method(name)
+        return methods
+
     @field_validator("groups")
     @classmethod
     def _known_groups(cls, groups: list[str]) -> list[str]:

@@ -7,6 +7,8 @@ JSON dicts (paths, keys, metrics), never models, so caching and cluster workers 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from mera import units
@@ -17,12 +19,26 @@ def _cfg(config: dict) -> SweepConfig:
     return SweepConfig.model_validate(config)
 
 
-def _key_if_done(builder):
-    def cache_key(_ctx, params: dict) -> str | None:
+def _stale_record(key: str) -> Path | None:
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
+
+    path = Path(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value()) / key
+    return path if path.is_file() else None
+
+
+def _manifest_key(builder):
+    """Cache key = the unit's manifest key. The first run stores its result under it, so the
+    next run is a cache hit; if the manifest has gone since (deleted, or a killed run), the
+    stored result is dropped first, so the unit re-runs instead of returning a stale path."""
+
+    def cache_key(_ctx, params: dict) -> str:
         args = {k: v for k, v in params.items() if k not in ("config", "parent_id")}
         cfg = _cfg(params["config"])
         unit = builder(cfg, **args)
-        return f"{unit.stage}-{unit.key}" if unit.done(cfg) is not None else None
+        key = f"{unit.stage}-{unit.key}"
+        if unit.done(cfg) is None and (stale := _stale_record(key)) is not None:
+            stale.unlink(missing_ok=True)
+        return key
 
     return cache_key
 
@@ -35,25 +51,25 @@ def import_data(config: dict) -> list[str]:
     return units.import_data(_cfg(config))
 
 
-@task(name="prepare", task_run_name="prepare-{task}", cache_key_fn=_key_if_done(units.prepare_unit), **_COMMON)
+@task(name="prepare", task_run_name="prepare-{task}", cache_key_fn=_manifest_key(units.prepare_unit), **_COMMON)
 def prepare(config: dict, task: str, parent_id: str | None = None) -> dict:
     return units.prepare(_cfg(config), task, parent_id)
 
 
 @task(name="pretrain", task_run_name="pretrain-{prep[task]}",
-      cache_key_fn=_key_if_done(units.pretrain_unit), **_COMMON)
+      cache_key_fn=_manifest_key(units.pretrain_unit), **_COMMON)
 def pretrain(config: dict, prep: dict, parent_id: str | None = None) -> dict:
     return units.pretrain(_cfg(config), prep, parent_id)
 
 
 @task(name="merge", task_run_name="merge-{target}-{group}-{method}",
-      cache_key_fn=_key_if_done(units.merge_unit), **_COMMON)
+      cache_key_fn=_manifest_key(units.merge_unit), **_COMMON)
 def merge(config: dict, target: str, group: str, method: str, members: list[dict], parent_id: str | None = None) -> dict:
     return units.merge(_cfg(config), target, group, method, members, parent_id)
 
 
 @task(name="fewshot", task_run_name="fewshot-{prep[task]}-{init}-{group}-k{shots}-s{seed}",
-      cache_key_fn=_key_if_done(units.fewshot_unit), **_COMMON)
+      cache_key_fn=_manifest_key(units.fewshot_unit), **_COMMON)
 def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, seed: int,
             merged: dict | None = None, parent_id: str | None = None) -> dict:
     return units.fewshot(_cfg(config), prep, init, group, shots, seed, merged, parent_id)

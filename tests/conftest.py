@@ -1,0 +1,42 @@
+"""Shared fixtures. Real components only: the bundled model, real data from ../shared/data
+(or $MERA_DATA_SOURCE), Prefect's real engine, a temporary MLflow SQLite store."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SCRATCH = Path(tempfile.mkdtemp(prefix="mera-tests-"))
+# before anything imports prefect or HF: nothing in the tests may reach the network
+for key, value in {
+    "PREFECT_HOME": str(_SCRATCH / "prefect"),
+    "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(_SCRATCH / "prefect" / "results"),
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = Path(os.environ.get("MERA_DATA_SOURCE", REPO.parent / "shared" / "data")).resolve()
+    if not (path / "sst2" / "meta.json").is_file():
+        pytest.fail(f"real task data not found at {path}: set MERA_DATA_SOURCE to a directory in the uniform layout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_cfg():
+    from mera.config import ModelConfig
+
+    return ModelConfig(max_length=32)

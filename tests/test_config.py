@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mera.config import ConfigError, load_config
+from tests.conftest import REPO
+
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+@pytest.mark.parametrize("config", ["smoke", "quick", "default"])
+def test_shipped_configs_load(config):
+    cfg = load_config(REPO / "configs" / f"{config}.yaml")
+    assert cfg.name == config and cfg.fewshot.targets
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"fewshot.inits": ["adapter", "mera-wst"]}, "unknown init 'mera-wst'"),
+    ({"merge.groups": ["same-trak"]}, "unknown group 'same-trak'"),
+    ({"fewshot.shots": [0]}, "shots must be positive"),
+    ({"merge.methods": ["mera-avg", "mera-wst"]}, "unknown merge method 'mera-wst'; did you mean 'mera-wts'"),
+    ({"pretrain.epochs": -1}, "pretrain.epochs"),
+    ({"model.reduction_factor": "big"}, "model.reduction_factor"),
+    ({"fewshot.seed": [1]}, "fewshot.seed: unknown key"),
+])
+def test_bad_values_name_the_key_and_value(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SMOKE, override)
+
+
+def test_env_defaults_expand(monkeypatch):
+    monkeypatch.delenv("MERA_DATA_SOURCE", raising=False)
+    assert load_config(SMOKE).data.source == "hub"
+    monkeypatch.setenv("MERA_DATA_SOURCE", "/somewhere")
+    assert load_config(SMOKE).data.source == "/somewhere"
+
+
+def test_cli_reports_a_user_mistake_in_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("mera-wts]\nfewshot", "mera-wtz]\nfewshot"))
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(bad)],
+                          capture_output=True, text=True, cwd=tmp_path, env={"PATH": "", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "merge.methods: unknown merge method 'mera-wtz'; did you mean 'mera-wts'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing half-written

@@ -1,0 +1,128 @@
+"""The smoke sweep end to end through the real Prefect engine, MLflow and the manifests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mera.config import load_config
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+STAGE_COUNTS = {"pretrain": 6, "merge": 12, "fewshot": 15}  # 3 targets x (adapter + 2 methods x 2 groups)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def cfg(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    return load_config(REPO / "configs" / "smoke.yaml", {
+        "paths.root": str(root), "data.source": str(shared_data), "data.max_eval": 24,
+        "model.max_length": 32, "pretrain.max_examples": 24, "fewshot.shots": [2], "fewshot.seeds": [13],
+        "fewshot.epochs": 1, "fewshot.min_steps": 2})
+
+
+def task_states(flow_run_id: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.state.name for r in runs if r.name.startswith(("pretrain", "merge", "fewshot"))]
+
+
+def child_runs(cfg, parent_id: str):
+    from mera.units import tracker
+
+    t = tracker(cfg)
+    runs = t.client.search_runs([t.experiment_id()], max_results=1000)
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent_id for r in runs if r.data.tags["mera.stage"] != "sweep")
+    return [r for r in runs if r.data.tags["mera.stage"] != "sweep"]
+
+
+@pytest.fixture(scope="module")
+def first(harness, cfg):
+    from flows.benchmark import run
+
+    return run(cfg)
+
+
+def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(cfg, first):
+    from mera.units import tracker
+
+    t = tracker(cfg)
+    assert Path(t.uri.removeprefix("sqlite:///")).is_relative_to(Path(cfg.paths.root).resolve())
+    sweeps = [r for r in t.client.search_runs([t.experiment_id()]) if r.data.tags["mera.stage"] == "sweep"]
+    assert [r.info.run_id for r in sweeps] == [first["parent_run_id"]]
+    assert sweeps[0].info.status == "FINISHED"
+    runs = child_runs(cfg, first["parent_run_id"])
+    by_stage = {s: [r for r in runs if r.data.tags["mera.stage"] == s] for s in ("adapters", "merged", "fewshot")}
+    assert [len(v) for v in by_stage.values()] == list(STAGE_COUNTS.values())
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.params and r.data.metrics
+        files = {f.path for f in t.client.list_artifacts(r.info.run_id, "adapter")}
+        assert "adapter/pytorch_adapter.bin" in files, r.info.run_name
+    fewshot = by_stage["fewshot"]
+    assert {r.data.tags["init"] for r in fewshot} == {"adapter", "mera-avg", "mera-wts"}
+    assert all({"target", "group", "init", "shots", "seed", "mera.key"} <= set(r.data.tags) for r in fewshot)
+    assert all(0.0 <= r.data.metrics["accuracy"] <= 1.0 for r in fewshot)
+
+
+def test_merge_groups_leave_the_target_out(cfg, first):
+    manifests = [json.loads(p.read_text()) for p in cfg.paths.resolve("artifacts").glob("merged/*/manifest.json")]
+    assert len(manifests) == STAGE_COUNTS["merge"]
+    for m in manifests:
+        assert m["target"] not in m["sources"]
+        assert len(m["sources"]) == (2 if m["group"] == "same-track" else 6)
+
+
+def test_report_table_and_metrics(cfg, first):
+    report = Path(first["report"])
+    text = report.read_text()
+    assert "| rte | mera-wts [same-track] |" in text and "(N=1)" in text
+    assert (report.parent / "accuracy_vs_k.png").stat().st_size > 1000
+    metrics = json.loads((cfg.paths.resolve("results") / "metrics.json").read_text())
+    assert set(metrics["accuracy"]) == {"sst2", "rte", "mrpc"}
+    assert len(metrics["units"]) == STAGE_COUNTS["fewshot"]
+
+
+def test_rerun_is_all_cache_hits_and_logs_nothing_new(cfg, first):
+    from flows.benchmark import run
+
+    before = {r.info.run_id for r in child_runs(cfg, first["parent_run_id"])}
+    again = run(cfg)
+    assert again["parent_run_id"] == first["parent_run_id"]
+    assert {r.info.run_id for r in child_runs(cfg, first["parent_run_id"])} == before
+    states = task_states(again["flow_run_id"])
+    assert len(states) == sum(STAGE_COUNTS.values()) and set(states) == {"Cached"}
+
+
+def test_resume_reruns_exactly_the_missing_unit(cfg, first):
+    from flows.benchmark import run
+    from mera.units import finished_sweep
+
+    fewshot_dirs = sorted(cfg.paths.resolve("artifacts").glob("fewshot/rte.mera-wts.all.*"))
+    assert len(fewshot_dirs) == 1
+    victim = fewshot_dirs[0]
+    shutil.rmtree(victim)
+    (victim.parent / f".tmp-{victim.name}-leftover").mkdir()  # a killed attempt's temp dir
+    assert finished_sweep(cfg) is None
+    before = {r.info.run_id for r in child_runs(cfg, first["parent_run_id"])}
+    out = run(cfg)
+    new = [r for r in child_runs(cfg, first["parent_run_id"]) if r.info.run_id not in before]
+    assert [r.info.run_name for r in new] == [victim.name.rsplit("-", 1)[0]]
+    assert (victim / "manifest.json").is_file()
+    states = task_states(out["flow_run_id"])
+    assert states.count("Completed") == 1 and states.count("Cached") == sum(STAGE_COUNTS.values()) - 1
+    assert finished_sweep(cfg) is not None
