@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from mera.artifacts import atomic_dir
 from mera.tasks import HUB_TASKS, TaskError, TaskSpec, available_tasks, did_you_mean, read_task
 
 SPLITS = ("train", "validation")
@@ -79,17 +78,10 @@ def cap(df: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
 
 def _copy_task(src: Path, dst_root: Path, name: str) -> None:
     """Copy one task atomically: a temp dir beside the target, then rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dst_root))
-    try:
+    with atomic_dir(dst_root / name) as tmp:
         for f in src.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        target = dst_root / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def import_from_dir(source: Path, data_dir: Path, tasks: list[str] | None = None) -> list[str]:
@@ -119,12 +111,10 @@ def import_from_hub(data_dir: Path, name: str) -> None:
     from datasets import load_dataset  # heavy import, only on this path
 
     src = HUB_TASKS[name]
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=data_dir))
-    try:
+    with atomic_dir(Path(data_dir) / name) as tmp:
         for split, hub_split in src.splits:
             ds = load_dataset(src.path, src.config, split=hub_split).to_pandas()
+            ds = ds[ds["label"] >= 0]  # hub test splits mark unlabelled rows with -1
             label = ds["label"]
             if src.label_threshold is not None:
                 label = (label >= src.label_threshold).astype(int)
@@ -133,17 +123,10 @@ def import_from_hub(data_dir: Path, name: str) -> None:
                 "sentence2": ds[src.sentence2].astype(str) if src.sentence2 else None,
                 "label": label.astype("int64"),
             })
-            df = df[df["label"] >= 0]  # hub test splits mark unlabelled rows with -1
             df.to_parquet(tmp / f"{split}.parquet", index=False)
         meta = {"task": name, "track": src.track, "label_names": list(src.label_names),
                 "source": {"hub": src.path, "config": src.config}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        target = data_dir / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_tasks(data_dir: Path, source: str, names: list[str]) -> list[str]:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from mera import artifacts, data
 from mera.config import FRESH_INIT, SweepConfig
 from mera.tasks import TASK_VERSION, read_task
-from mera.tracking import Tracker
+from mera.tracking import Tracker, flatten
 
 STAGES = ("prepare", "pretrain", "merge", "fewshot", "report")
 ADAPTER_SUBDIR = "adapter"
@@ -58,31 +59,21 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
     done = unit.done(cfg)
     if done is not None:
         return _result(unit, cfg, done)
-    if not logged:
-        with artifacts.atomic_dir(unit.path(cfg)) as tmp:
-            manifest, _ = work(tmp)
-            manifest.update(stage=unit.stage, key=unit.key, params=unit.params)
-            artifacts.write_manifest(tmp, manifest)
-        return _result(unit, cfg, manifest)
-    track = tracker(cfg)
     final = unit.path(cfg)
     tags = {"mera.stage": unit.stage, "mera.sweep": cfg.name, **tags}
-    with track.unit_run(parent_id, unit.key, unit.readable, tags, _flat(unit.params)) as run:
+    run_ctx = tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params)) if logged \
+        else nullcontext(None)
+    with run_ctx as run:
         start = time.perf_counter()
         with artifacts.atomic_dir(final) as tmp:
             manifest, metrics = work(tmp)
             manifest.update(stage=unit.stage, key=unit.key, params=unit.params, tags=tags,
-                            seconds=time.perf_counter() - start, mlflow_run_id=run.run_id)
+                            seconds=time.perf_counter() - start, mlflow_run_id=run.run_id if run else None)
             artifacts.write_manifest(tmp, manifest)
-        run.metrics({**metrics, "seconds": manifest["seconds"]})
-        run.artifacts(final)  # the adapter (adapters-library format), manifest and diagnostics
+        if run is not None:
+            run.metrics({**metrics, "seconds": manifest["seconds"]})
+            run.artifacts(final)  # the adapter (adapters-library format), manifest and diagnostics
     return _result(unit, cfg, manifest)
-
-
-def _flat(params: dict) -> dict:
-    from mera.tracking import flatten
-
-    return flatten(params)
 
 
 # ---- prepare ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,20 @@ def cfg(shared_data, tmp_path_factory):
         "fewshot.epochs": 1, "fewshot.min_steps": 2})
 
 
-def task_states(flow_run_id: str) -> list[str]:
+def task_states(flow_run_id: str, expected: int = sum(STAGE_COUNTS.values())) -> list[str]:
+    """Final states of the flow run's unit tasks. Prefect 3 records task states through
+    events, asynchronously: poll (bounded) until all of them have arrived and are final."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return [r.state.name for r in runs if r.name.startswith(("pretrain", "merge", "fewshot"))]
+    for _ in range(120):
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = [r.state.name for r in runs if r.name.startswith(("pretrain", "merge", "fewshot"))]
+        if len(states) >= expected and all(r.state.is_final() for r in runs):
+            return states
+        time.sleep(0.5)
+    return states
 
 
 def child_runs(cfg, parent_id: str):
