@@ -66,16 +66,8 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _dvc(*argv: str, cwd: Path) -> None:
-    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    proc = subprocess.run([exe, *argv], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(argv)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-
-
 def cmd_data_import(args) -> int:
-    from mera.data import import_from_dir, import_from_hub
+    from mera.data import import_from_dir, import_from_hub, version_with_dvc
 
     data_dir = Path(args.data_dir)
     if args.source == "hub":
@@ -87,10 +79,9 @@ def cmd_data_import(args) -> int:
     else:
         names = import_from_dir(Path(args.source), data_dir, args.tasks.split(",") if args.tasks else None)
     print(f"imported {len(names)} task(s) into {data_dir}: {', '.join(names)}")
-    root = data_dir.resolve().parent
-    if not args.no_dvc and (root / ".dvc").is_dir():
-        _dvc("add", data_dir.name, cwd=root)
-        print(f"versioned with DVC: {root / (data_dir.name + '.dvc')}")
+    dvc_file = None if args.no_dvc else version_with_dvc(data_dir)
+    if dvc_file:
+        print(f"versioned with DVC: {dvc_file}")
     return 0
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -144,3 +147,17 @@ def ensure_tasks(data_dir: Path, source: str, names: list[str]) -> list[str]:
             import_from_hub(data_dir, name)
         return missing
     return import_from_dir(Path(source), data_dir)
+
+
+def version_with_dvc(data_dir: Path) -> Path | None:
+    """`dvc add` the data dir when its parent is a DVC project; returns the .dvc file (or None)."""
+    data_dir = Path(data_dir).resolve()
+    root = data_dir.parent
+    if not (root / ".dvc").is_dir():
+        return None
+    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    proc = subprocess.run([exe, "add", data_dir.name], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc add {data_dir.name} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return root / f"{data_dir.name}.dvc"

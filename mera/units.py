@@ -79,9 +79,13 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
 # ---- prepare ---------------------------------------------------------------------------
 
 def import_data(cfg: SweepConfig) -> list[str]:
-    """Bring every task the sweep reads into the data dir (from a directory or the hub)."""
+    """Bring every task the sweep reads into the data dir (from a directory or the hub),
+    and version what arrived with DVC when the project is a DVC repo."""
     names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
-    return data.ensure_tasks(cfg.data_dir(), cfg.data.source, names)
+    imported = data.ensure_tasks(cfg.data_dir(), cfg.data.source, names)
+    if imported:
+        data.version_with_dvc(cfg.data_dir())
+    return imported
 
 
 def prepare_unit(cfg: SweepConfig, task: str) -> Unit:
