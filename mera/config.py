@@ -31,7 +31,10 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = BUNDLED_MODEL  # the bundled package, an HF hub id, or a local path
-    reduction_factor: int = Field(16, gt=0)
+    adapter: Literal["bottleneck", "houlsby", "lora"] = "bottleneck"  # Pfeiffer seq_bn, double_seq_bn, LoRA q/v
+    reduction_factor: int = Field(16, gt=0)  # bottleneck kinds: r = hidden / reduction_factor
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: float = Field(16.0, gt=0)
     max_length: int = Field(128, ge=8, le=512)
 
 
@@ -133,6 +136,19 @@ class SweepConfig(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _merge_params_are_valid(self) -> "SweepConfig":
+        from mera.merge import validate
+
+        for name, params in self.merge.params.items():
+            if not isinstance(params, dict):
+                raise ValueError(f"merge.params.{name} must be a mapping of parameter: value, got {params!r}")
+            try:
+                validate(name, params, names=self.pretrain.tasks)
+            except ValueError as exc:
+                raise ValueError(f"merge.params.{name}: {str(exc).removeprefix(name + ': ')}") from None
+        return self
+
     def data_dir(self) -> Path:
         d = Path(self.data.dir).expanduser()
         return d if d.is_absolute() else Path(self.paths.root).expanduser().resolve() / d
@@ -167,12 +183,12 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
+        where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        shown = "" if e["type"] in ("missing",) else f" (got {e.get('input')!r})"
-        lines.append(f"{where}: {msg}{shown}" if e["type"] != "extra_forbidden" else f"{where}: {msg}")
+        shown = "" if e["type"] == "missing" or not e["loc"] else f" (got {e.get('input')!r})"
+        lines.append(f"{where}: {msg}{shown}" if where else msg)
     return "; ".join(lines)
 
 

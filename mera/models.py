@@ -1,4 +1,4 @@
-"""The one place that builds a model: base PLM + one bottleneck adapter + a fresh head.
+"""The one place that builds a model: base PLM + one adapter (bottleneck, Houlsby or LoRA) + a fresh head.
 
 Adapters are saved and loaded in the `adapters` library's own format, so anything we
 write (pretrained, merged, fine-tuned) loads with `model.load_adapter(dir)`.
@@ -6,6 +6,7 @@ write (pretrained, merged, fine-tuned) loads with `model.load_adapter(dir)`.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import zlib
@@ -13,12 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from adapters import AutoAdapterModel, SeqBnConfig
+from adapters import AutoAdapterModel, DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
 
 from mera.config import BUNDLED_MODEL, ModelConfig
 
 ADAPTER = "mera"  # every model holds exactly one adapter and one head under this name
 ADAPTER_FILE = "pytorch_adapter.bin"
+CONFIG_FILE = "adapter_config.json"
 # One build at a time: torch's global RNG seeds the inits, and transformers' from_pretrained
 # creates modules on the meta device through a process-wide patch, which turns a
 # concurrent thread's new adapter weights into empty meta tensors.
@@ -53,6 +55,14 @@ def task_seed(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
+def adapter_config(cfg: ModelConfig):
+    """The adapters-library config of `cfg.adapter`."""
+    if cfg.adapter == "lora":  # on attention query and value, as the library's default
+        return LoRAConfig(r=cfg.lora_rank, alpha=cfg.lora_alpha)
+    kind = DoubleSeqBnConfig if cfg.adapter == "houlsby" else SeqBnConfig
+    return kind(reduction_factor=cfg.reduction_factor)
+
+
 def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | None = None, seed: int = 0):
     """Base model with one adapter (fresh when `adapter_dir` is None) and a fresh head.
 
@@ -66,7 +76,7 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
                              f"a local model directory nor a reachable HF hub id ({exc})") from None
         torch.manual_seed(seed)
         if adapter_dir is None:
-            model.add_adapter(ADAPTER, config=SeqBnConfig(reduction_factor=cfg.reduction_factor))
+            model.add_adapter(ADAPTER, config=adapter_config(cfg))
         else:
             load_adapter(model, adapter_dir, with_head=False)
         model.add_classification_head(ADAPTER, num_labels=num_labels, overwrite_ok=True)
@@ -75,27 +85,31 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
     return model, load_tokenizer(cfg.name)
 
 
+def _is_adapter_key(key: str, name: str = ADAPTER) -> bool:
+    return f".adapters.{name}." in key or f".loras.{name}." in key
+
+
 def load_adapter(model, adapter_dir: str | Path, with_head: bool = False) -> None:
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / ADAPTER_FILE).is_file():
-        raise ModelError(f"{adapter_dir} is not a saved adapter (no {ADAPTER_FILE}); "
-                         "expected a directory written by save_adapter / `mera merge`")
+    read_adapter(adapter_dir)  # one clear error for a missing, truncated or foreign directory
     model.load_adapter(str(adapter_dir), load_as=ADAPTER, with_head=with_head, set_active=True)
 
 
 def save_adapter(model, out_dir: str | Path, with_head: bool = True) -> None:
     """Save in the adapters library's format, refusing weights that are empty (meta) or not finite."""
-    for name, tensor in adapter_state(model).items():
+    _check_finite(adapter_state(model))
+    model.save_adapter(str(out_dir), ADAPTER, with_head=with_head)
+
+
+def _check_finite(state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
         if tensor.is_meta or not torch.isfinite(tensor).all():
             raise ModelError(f"adapter tensor {name} is {'empty (meta)' if tensor.is_meta else 'not finite'}; "
                              "nothing was saved")
-    model.save_adapter(str(out_dir), ADAPTER, with_head=with_head)
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
     """The adapter's tensors (no head), keyed as in the saved adapter file."""
-    marker = f".adapters.{ADAPTER}."
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if marker in k}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if _is_adapter_key(k)}
 
 
 def set_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -107,13 +121,46 @@ def set_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
         raise ModelError(f"adapter state has tensors the model lacks, e.g. {result.unexpected_keys[0]}")
 
 
+def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json, tensors without head) of a saved adapter, without building a
+    model; tensors are renamed to our adapter name, so third-party adapters merge too."""
+    adapter_dir = Path(adapter_dir)
+    config_file, weights = adapter_dir / CONFIG_FILE, adapter_dir / ADAPTER_FILE
+    if not adapter_dir.is_dir():
+        raise ModelError(f"adapter directory {str(adapter_dir)!r} does not exist")
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise ModelError(f"{adapter_dir} is not a saved adapter: {f.name} is missing "
+                             f"(expected {CONFIG_FILE} + {ADAPTER_FILE}, as written by save_adapter / `mera merge`)")
+    try:
+        meta = json.loads(config_file.read_text())
+        name = meta["name"]
+    except (ValueError, KeyError):
+        raise ModelError(f"{config_file} is not an adapters-library config (JSON with a 'name')") from None
+    try:
+        raw = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a cut or foreign file
+        raise ModelError(f"{weights} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); "
+                         "the file is truncated or not a torch state dict") from None
+    state = {k.replace(f".adapters.{name}.", f".adapters.{ADAPTER}.").replace(f".loras.{name}.", f".loras.{ADAPTER}."): v
+             for k, v in raw.items() if _is_adapter_key(k, name)}
+    if not state:
+        raise ModelError(f"{weights} holds no tensors of adapter {name!r}")
+    return meta, state
+
+
 def read_adapter_state(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a saved adapter, without building a model."""
-    path = Path(adapter_dir) / ADAPTER_FILE
-    if not path.is_file():
-        raise ModelError(f"{adapter_dir} is not a saved adapter (no {ADAPTER_FILE})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if f".adapters.{ADAPTER}." in k}
+    return read_adapter(adapter_dir)[1]
+
+
+def write_adapter(out_dir: str | Path, meta: dict, state: dict[str, torch.Tensor]) -> None:
+    """Write tensors as an adapter directory that the library's load_adapter reads (no head)."""
+    _check_finite(state)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_FILE).write_text(json.dumps({**meta, "name": ADAPTER}, indent=2, sort_keys=True))
+    torch.save({k: v.contiguous() for k, v in state.items()}, out_dir / ADAPTER_FILE)
 
 
 def count_trainable(model) -> int:
