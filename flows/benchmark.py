@@ -46,16 +46,9 @@ def benchmark(config: dict, until: str = "report") -> dict:
         if stop >= 2:
             clock = time.perf_counter()
             tracks = {n: p["track"] for n, p in preps.items()}
-            jobs = {}
-            for target in cfg.fewshot.targets:
-                for group in cfg.merge.groups:
-                    members = units.group_members(target, group, tracks, sources)
-                    if not members:
-                        print(f"skip merge: {target} has no sources in group {group!r}")
-                        continue
-                    for method in cfg.merge.methods:
-                        jobs[(target, group, method)] = t.merge.submit(
-                            config, target, group, method, [adapters[m] for m in members], parent)
+            jobs = {(target, group, method): t.merge.submit(config, target, group, method,
+                                                            [adapters[m] for m in members], parent)
+                    for target, group, method, members in units.merge_grid(cfg, tracks)}
             merges = dict(zip(jobs, _wait(jobs.values())))
             timings["merge"] = time.perf_counter() - clock
         if stop >= 3:
@@ -69,7 +62,7 @@ def benchmark(config: dict, until: str = "report") -> dict:
             timings["fewshot"] = time.perf_counter() - clock
             out["results"] = results
         if stop >= 4:
-            out["report"] = t.report(config, results, timings)
+            out["report"] = t.report(config, results, timings, list(merges.values()))
         out["timings"] = timings
     except BaseException:
         track.end(parent, "FAILED")
@@ -85,6 +78,7 @@ def run(cfg: SweepConfig, until: str = "report") -> dict:
 
     # import the heavy, lazily-loading libraries once before threads fan out: `adapters`
     # and `transformers` resolve names lazily and race when two threads import them at once
+    import mera.calibrate  # noqa: F401
     import mera.evaluate  # noqa: F401
     import mera.merge.ot  # noqa: F401
     import mera.models  # noqa: F401

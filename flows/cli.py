@@ -3,6 +3,8 @@
     mera run --config configs/smoke.yaml            the whole benchmark (resumable)
     mera run --config X --until pretrain            stop after a stage (what dvc.yaml calls)
     mera data import --from ../shared/data          copy tasks into data/ and version them with DVC
+    mera merge --adapter A --adapter B --method mera-wts --out merged/
+                                                    merge saved adapters into one, outside a sweep
     mera ui --config configs/smoke.yaml             MLflow UI over the project's store
 """
 
@@ -16,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mera.config import ConfigError, load_config, parse_override
-
+from mera.config import BUNDLED_MODEL, ConfigError, load_config, parse_override
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -85,6 +86,74 @@ def cmd_data_import(args) -> int:
     return 0
 
 
+def _source_info(adapter_dir: Path) -> tuple[str, int | None]:
+    """(task name, training-set size) from a mera unit's manifest beside the adapter, else the dir name."""
+    from mera.artifacts import read_manifest
+
+    m = read_manifest(adapter_dir.parent) or {}
+    name = m.get("task") or (adapter_dir.parent.name if adapter_dir.name == "adapter" else adapter_dir.name)
+    return name, m.get("n_train_available")
+
+
+def cmd_merge(args) -> int:
+    import json
+
+    import pandas as pd
+
+    from mera import data
+    from mera.artifacts import atomic_dir
+    from mera.config import ModelConfig
+    from mera.merge import MergeError, get_method, merge, validate
+    from mera.models import read_adapter, write_adapter
+
+    params = dict(parse_override(p) for p in args.param or [])
+    dirs = [Path(d) for d in args.adapter]
+    info = [_source_info(d) for d in dirs]
+    names, sizes = [n for n, _ in info], [s for _, s in info]
+    validate(args.method, params, names=names)
+    read = [read_adapter(d) for d in dirs]
+    for d, (meta, _) in zip(dirs[1:], read[1:]):
+        if meta.get("config") != read[0][0].get("config"):
+            raise MergeError(f"{d} has another adapter config than {dirs[0]} (kind, reduction factor or rank differ); "
+                             "merge adapters of one config")
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    acts = None
+    if get_method(args.method).align == "ot-acts" and len(dirs) > 1:
+        from mera.calibrate import Activations
+        from mera.models import build_model
+        from mera.tasks import read_task
+        from mera.units import CALIB_DEFAULTS, CALIB_SEED
+
+        tasks = args.calib or [n for n, _ in info]
+        data_dir = Path(args.data_dir)
+        n = int(params.get("calib_examples", CALIB_DEFAULTS["calib_examples"]))
+        texts = pd.concat([data.cap(data.load_split(data_dir, read_task(data_dir, t), "train"), n, seed=CALIB_SEED)
+                           for t in tasks], ignore_index=True)
+        model_cfg = ModelConfig(name=args.model)
+        model, tok = build_model(model_cfg, 2, adapter_dir=dirs[0])
+        acts = Activations(model, tok, texts, model_cfg.max_length,
+                           int(params.get("max_tokens", CALIB_DEFAULTS["max_tokens"])),
+                           params.get("point", CALIB_DEFAULTS["point"]), seed=CALIB_SEED)
+    merged, diag = merge(args.method, [st for _, st in read], activations=acts, names=names,
+                         sizes=sizes if None not in sizes else None, **params)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise ConfigError(f"--out {str(out)!r} exists and is not empty; choose a new directory or pass --overwrite")
+    with atomic_dir(out) as tmp:
+        write_adapter(tmp, read[0][0], merged)
+        (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1))
+    align = diag.get("alignment")
+    extra = ""
+    if align:
+        before = [c for e in align["modules"].values() for c in e["cost_before"]]
+        after = [c for e in align["modules"].values() for c in e["cost_after"]]
+        extra = (f"; anchor {names[align['anchor']]}, mean unit cost {sum(before) / len(before):.4f} -> "
+                 f"{sum(after) / len(after):.4f}")
+    print(f"merged {len(dirs)} adapter(s) with {args.method} into {out}{extra}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     cfg = _load(args)
     from mera.units import tracker
@@ -123,6 +192,19 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--data-dir", default="data")
     imp.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` afterwards")
     imp.set_defaults(fn=cmd_data_import)
+
+    mg = sub.add_parser("merge", help="merge saved adapters into one (loads with the adapters library)")
+    mg.add_argument("--adapter", action="append", required=True, metavar="DIR",
+                    help="a saved adapter directory (repeat: two or more)")
+    mg.add_argument("--method", required=True, help="a registered merge method, e.g. mera-wts, mera-acts, ties")
+    mg.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter (YAML value)")
+    mg.add_argument("--out", required=True, help="directory for the merged adapter")
+    mg.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    mg.add_argument("--calib", action="append", metavar="TASK",
+                    help="ot-acts: calibration task(s) in --data-dir (default: the adapters' own tasks)")
+    mg.add_argument("--data-dir", default="data", help="task data for ot-acts calibration (default: data)")
+    mg.add_argument("--model", default=BUNDLED_MODEL, help="base model for ot-acts (default: the bundled MiniLM)")
+    mg.set_defaults(fn=cmd_merge)
 
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the project's store")
     with_config(ui)

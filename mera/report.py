@@ -75,15 +75,53 @@ def plot(table_cells: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None) -> Path:
-    """reports/<name>/report.md + accuracy_vs_k.png, and results/metrics.json for DVC."""
+def plan_example(merges: list[dict]) -> tuple[dict, dict] | None:
+    """(merge manifest, diagnostics) of one aligned merge of two or more adapters, OT on weights first."""
+    aligned = [m for m in merges if not m.get("single_source") and (Path(m["path"]) / "diagnostics.json").is_file()]
+    for m in sorted(aligned, key=lambda m: ("acts" in m["method"], m["method"], m["target"], m["group"])):
+        diag = json.loads((Path(m["path"]) / "diagnostics.json").read_text())
+        if "example" in diag.get("alignment", {}):
+            return m, diag
+    return None
+
+
+def plot_plan(merge: dict, diag: dict, path: Path) -> str:
+    """Heatmap of one module's cost matrix with the OT plan's matches marked; returns a caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ex = diag["alignment"]["example"]
+    cost, plan = np.array(ex["cost"]), np.array(ex["plan"])
+    source, anchor = merge["sources"][ex["adapter"]], merge["anchor"]
+    module = ex["module"].rstrip(".").replace(".adapters.mera", "").replace(".loras.mera", "")
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(cost, cmap="viridis")
+    rows, cols = np.nonzero(plan > 0.5 * plan.max())
+    ax.scatter(cols, rows, s=14, c="white", marker="o", label="plan (matched units)")
+    ax.plot([0, len(cost) - 1], [0, len(cost) - 1], color="red", lw=0.6, ls="--", label="identity (no alignment)")
+    ax.set(xlabel=f"anchor unit ({anchor})", ylabel=f"unit of {source}", title=f"{merge['method']}: {module}")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.colorbar(im, ax=ax, label="cost")
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return (f"OT plan of {merge['method']} for target {merge['target']} (group {merge['group']}), module `{module}`: "
+            f"units of {source} matched to the anchor {anchor}. Mean matched cost "
+            f"{np.trace(cost) / len(cost):.3f} before alignment, {(cost * plan).sum() / len(cost):.3f} after.")
+
+
+def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None,
+                 merges: list[dict] | None = None) -> Path:
+    """reports/<name>/report.md + accuracy_vs_k.png (+ ot_plan.png), and results/metrics.json for DVC."""
     out_dir = cfg.paths.resolve("reports") / cfg.name
     acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
     shots = sorted(cfg.fewshot.shots)
     p, f = cfg.pretrain, cfg.fewshot
     caps = [
-        f"- base model: `{cfg.model.name}`, bottleneck adapter (seq_bn) reduction factor {cfg.model.reduction_factor}, "
-        f"max_length {cfg.model.max_length}",
+        f"- base model: `{cfg.model.name}`, {_adapter_label(cfg)}, max_length {cfg.model.max_length}",
         f"- source adapters: {', '.join(p.tasks)}; {p.epochs} epoch(s), lr {p.lr}, batch {p.batch_size}, "
         f"examples per source capped at {p.max_examples or 'none (full train split)'}",
         f"- few-shot: K per class {shots}, seeds {f.seeds}, {f.epochs} epochs with at least {f.min_steps} steps, "
@@ -94,6 +132,10 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
     body = [f"# mera-bench report: {cfg.name}", "", *caps, "", "## Accuracy (%), mean ± std over seeds", "",
             table(acc, shots), "", "## Macro-F1 (%)", "", table(f1, shots), "",
             "![accuracy vs K](accuracy_vs_k.png)", ""]
+    example = plan_example(merges or [])
+    if example:
+        caption = plot_plan(*example, out_dir / "ot_plan.png")
+        body += ["## One OT plan", "", caption, "", "![OT plan](ot_plan.png)", ""]
     if timings:
         body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
                  *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
@@ -105,6 +147,14 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
     _atomic_write(cfg.paths.resolve("results") / "metrics.json",
                   lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
     return report
+
+
+def _adapter_label(cfg: SweepConfig) -> str:
+    m = cfg.model
+    if m.adapter == "lora":
+        return f"LoRA adapter (query, value) rank {m.lora_rank}, alpha {m.lora_alpha}"
+    kind = "Houlsby (double_seq_bn)" if m.adapter == "houlsby" else "Pfeiffer bottleneck adapter (seq_bn)"
+    return f"{kind} reduction factor {m.reduction_factor}"
 
 
 def report_keys(cfg: SweepConfig) -> list[str] | None:

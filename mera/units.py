@@ -154,16 +154,14 @@ def group_members(target: str, group: str, tracks: dict[str, str], sources: list
     return others
 
 
-def pick_anchor(members: list[dict], rule: str = "largest") -> int:
-    """Index of the anchor: the source with most training examples (ties: alphabetical)."""
-    if rule == "first":
-        return 0
-    names = [m["task"] for m in members]
-    if rule in names:
-        return names.index(rule)
-    if rule != "largest":
-        raise ValueError(f"anchor {rule!r} is not one of: largest, first, or a member task {names}")
-    return min(range(len(members)), key=lambda i: (-members[i]["n_train_available"], members[i]["task"]))
+def merge_grid(cfg: SweepConfig, tracks: dict[str, str]) -> list[tuple[str, str, str, list[str]]]:
+    """Every merge of the sweep: (target, group, method, member tasks); empty groups are left out."""
+    grid = []
+    for target in cfg.fewshot.targets:
+        for group in cfg.merge.groups:
+            members = group_members(target, group, tracks, cfg.pretrain.tasks)
+            grid += [(target, group, method, members) for method in (cfg.merge.methods if members else [])]
+    return grid
 
 
 def merge_unit(cfg: SweepConfig, target: str, group: str, method: str, members: list[dict]) -> Unit:
@@ -174,27 +172,54 @@ def merge_unit(cfg: SweepConfig, target: str, group: str, method: str, members: 
         "merge_params": cfg.merge.params.get(method, {}), "members": sorted(r["key"] for r in members)})
 
 
+CALIB_DEFAULTS = {"point": "pre", "calib": "sources", "calib_examples": 32, "max_tokens": 4096}
+CALIB_SOURCES = ("sources", "target")
+CALIB_SEED = 0  # calibration never depends on the few-shot seed: one merge serves every seed
+
+
+def calibration(cfg: SweepConfig, target: str, sources: list[str], anchor_dir: Path, params: dict):
+    """The activations callable for ot-acts merges: `calib_examples` training inputs from each
+    source task of the group (default), or from the target's training split (`calib: target`;
+    inputs only, drawn with a fixed seed, so the merge stays keyed by target x group x method)."""
+    import pandas as pd
+
+    from mera.calibrate import Activations
+    from mera.models import build_model
+
+    c = {**CALIB_DEFAULTS, **{k: params[k] for k in CALIB_DEFAULTS if k in params}}
+    if c["calib"] not in CALIB_SOURCES:
+        raise ValueError(f"calib {c['calib']!r} is not one of: {', '.join(CALIB_SOURCES)}")
+    tasks = sources if c["calib"] == "sources" else [target]
+    texts = pd.concat([data.cap(data.load_split(cfg.data_dir(), read_task(cfg.data_dir(), t), "train"),
+                                int(c["calib_examples"]), seed=CALIB_SEED) for t in tasks], ignore_index=True)
+    model, tok = build_model(cfg.model, 2, adapter_dir=anchor_dir)
+    return Activations(model, tok, texts, cfg.model.max_length, int(c["max_tokens"]), c["point"], seed=CALIB_SEED)
+
+
 def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[dict],
           parent_id: str | None = None) -> dict:
     """Fuse the group's adapters into one with the named method; saved in the adapters format."""
-    from mera.merge import get_method
+    from mera.merge import get_method, resolve_anchor
 
-    m = get_method(method)
     params = dict(cfg.merge.params.get(method, {}))
     members = sorted(members, key=lambda r: r["task"])
     unit = merge_unit(cfg, target, group, method, members)
 
     def work(tmp: Path):
         from mera.merge import merge as merge_states
-        from mera.models import build_model, read_adapter_state, save_adapter, set_adapter_state
+        from mera.models import read_adapter, write_adapter
 
-        anchor = pick_anchor(members, params.pop("anchor", "largest"))
-        states = [read_adapter_state(Path(r["path"]) / ADAPTER_SUBDIR) for r in members]
-        extra = {"anchor": anchor} if "anchor" in m.params else {}
-        merged, diag = merge_states(method, states, **extra, **params)
-        model, _ = build_model(cfg.model, 2, adapter_dir=Path(members[anchor]["path"]) / ADAPTER_SUBDIR)
-        set_adapter_state(model, merged)
-        save_adapter(model, tmp / ADAPTER_SUBDIR, with_head=False)
+        names = [r["task"] for r in members]
+        sizes = [r["n_train_available"] for r in members]
+        dirs = [Path(r["path"]) / ADAPTER_SUBDIR for r in members]
+        read = [read_adapter(d) for d in dirs]
+        anchor = resolve_anchor(params.get("anchor", "largest"), len(members), names, sizes)
+        acts = None
+        if get_method(method).align == "ot-acts" and len(members) > 1:
+            acts = calibration(cfg, target, names, dirs[anchor if isinstance(anchor, int) else 0], params)
+        merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes,
+                                    **params)
+        write_adapter(tmp / ADAPTER_SUBDIR, read[0][0], merged)
         (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1))
         metrics = {"n_sources": len(members)}
         align = diag.get("alignment")
@@ -202,8 +227,9 @@ def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[
             before = [c for e in align["modules"].values() for c in e["cost_before"]]
             after = [c for e in align["modules"].values() for c in e["cost_after"]]
             metrics.update(cost_before=sum(before) / len(before), cost_after=sum(after) / len(after))
-        manifest = {"target": target, "group": group, "method": method, "sources": [r["task"] for r in members],
-                    "anchor": members[anchor]["task"], "single_source": len(members) == 1, "metrics": metrics}
+        chosen = align["anchor_name"] if align else (names[anchor] if isinstance(anchor, int) else None)
+        manifest = {"target": target, "group": group, "method": method, "sources": names, "anchor": chosen,
+                    "single_source": len(members) == 1, "metrics": metrics}
         return manifest, metrics
 
     return _run_unit(cfg, unit, parent_id, {"target": target, "group": group, "method": method}, work)
@@ -294,12 +320,8 @@ def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
         out["pretrain"] = list(adapters.values())
     if stop >= 2:
         tracks = {n: p["track"] for n, p in preps.items()}
-        merges = {}
-        for target in cfg.fewshot.targets:
-            for group in cfg.merge.groups:
-                members = [adapters[m] for m in group_members(target, group, tracks, cfg.pretrain.tasks)]
-                for method in cfg.merge.methods if members else []:
-                    merges[(target, group, method)] = done(merge_unit(cfg, target, group, method, members))
+        merges = {(target, group, method): done(merge_unit(cfg, target, group, method, [adapters[m] for m in members]))
+                  for target, group, method, members in merge_grid(cfg, tracks)}
         if None in merges.values():
             return None
         out["merge"] = list(merges.values())

@@ -76,7 +76,7 @@ def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, 
 
 
 @task(name="report")
-def report(config: dict, results: list[dict], timings: dict) -> str:
+def report(config: dict, results: list[dict], timings: dict, merges: list[dict] | None = None) -> str:
     from mera.report import write_report
 
-    return str(write_report(_cfg(config), results, timings))
+    return str(write_report(_cfg(config), results, timings, merges))

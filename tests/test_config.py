@@ -40,7 +40,9 @@ def test_env_defaults_expand(monkeypatch):
 
 def test_cli_reports_a_user_mistake_in_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(SMOKE.read_text().replace("mera-wts]\nfewshot", "mera-wtz]\nfewshot"))
+    text = SMOKE.read_text()
+    bad.write_text(text.replace("methods: [mera-avg, mera-wts,", "methods: [mera-avg, mera-wtz,"))
+    assert bad.read_text() != text
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(bad)],
                           capture_output=True, text=True, cwd=tmp_path, env={"PATH": "", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2

@@ -13,7 +13,7 @@ from mera.config import load_config
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-STAGE_COUNTS = {"pretrain": 6, "merge": 12, "fewshot": 15}  # 3 targets x (adapter + 2 methods x 2 groups)
+STAGE_COUNTS = {"pretrain": 6, "merge": 18, "fewshot": 21}  # 3 targets x (adapter + 3 methods x 2 groups)
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +81,27 @@ def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(
         assert r.data.params and r.data.metrics
         files = {f.path for f in t.client.list_artifacts(r.info.run_id, "adapter")}
         assert "adapter/pytorch_adapter.bin" in files, r.info.run_name
+    for r in by_stage["merged"]:  # the alignment diagnostics travel with the merged adapter
+        assert "diagnostics.json" in {f.path for f in t.client.list_artifacts(r.info.run_id)}
     fewshot = by_stage["fewshot"]
-    assert {r.data.tags["init"] for r in fewshot} == {"adapter", "mera-avg", "mera-wts"}
+    assert {r.data.tags["init"] for r in fewshot} == {"adapter", "mera-avg", "mera-wts", "mera-acts"}
     assert all({"target", "group", "init", "shots", "seed", "mera.key"} <= set(r.data.tags) for r in fewshot)
     assert all(0.0 <= r.data.metrics["accuracy"] <= 1.0 for r in fewshot)
 
 
 def test_merge_groups_leave_the_target_out(cfg, first):
-    manifests = [json.loads(p.read_text()) for p in cfg.paths.resolve("artifacts").glob("merged/*/manifest.json")]
-    assert len(manifests) == STAGE_COUNTS["merge"]
-    for m in manifests:
+    dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merged/*/manifest.json")]
+    assert len(dirs) == STAGE_COUNTS["merge"]
+    for d in dirs:
+        m = json.loads((d / "manifest.json").read_text())
         assert m["target"] not in m["sources"]
         assert len(m["sources"]) == (2 if m["group"] == "same-track" else 6)
+        diag = json.loads((d / "diagnostics.json").read_text())
+        if m["method"] in ("mera-wts", "mera-acts"):  # OT lowers the matched cost in every module
+            assert m["anchor"] in m["sources"]
+            for entry in diag["alignment"]["modules"].values():
+                assert all(a <= b + 1e-9 for a, b in zip(entry["cost_after"], entry["cost_before"]))
+                assert all(sorted(p) == list(range(24)) for p in entry["plans"])
 
 
 def test_report_table_and_metrics(cfg, first):
@@ -100,6 +109,7 @@ def test_report_table_and_metrics(cfg, first):
     text = report.read_text()
     assert "| rte | mera-wts [same-track] |" in text and "(N=1)" in text
     assert (report.parent / "accuracy_vs_k.png").stat().st_size > 1000
+    assert "## One OT plan" in text and (report.parent / "ot_plan.png").stat().st_size > 1000
     metrics = json.loads((cfg.paths.resolve("results") / "metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"sst2", "rte", "mrpc"}
     assert len(metrics["units"]) == STAGE_COUNTS["fewshot"]
