@@ -9,7 +9,7 @@ CONFIG ?= configs/smoke.yaml
 export MERA_DATA_SOURCE ?= $(if $(wildcard ../shared/data/index.json),$(abspath ../shared/data),hub)
 BIN := $(VENV)/bin
 
-.PHONY: install run test repro ui
+.PHONY: install run test repro ui screenshot
 install: $(VENV)/.installed
 
 # torch first, from the CPU wheel; the constraints file pins the whole stack (pip check: clean)
@@ -32,3 +32,11 @@ repro: install
 
 ui: install
 	$(BIN)/mera ui --config $(CONFIG)
+
+# look at the HTML report as a person would: headless Chromium (Debian package `chromium`)
+NAME ?= $(basename $(notdir $(CONFIG)))
+screenshot:
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	  --disable-background-networking --disable-component-update --disable-sync \
+	  --user-data-dir=$$(mktemp -d) --window-size=1200,3000 \
+	  --screenshot=$(abspath reports/$(NAME)/report.png) file://$(abspath reports/$(NAME)/report.html)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -16,12 +17,24 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import tasks.units as t
 from mera import units
-from mera.config import FRESH_INIT, SweepConfig
+from mera.config import ConfigError, SweepConfig
 from mera.tracking import flatten
 
 
-def _wait(futures):
-    return [f.result() for f in futures]
+def _gather(jobs: dict) -> dict:
+    """key -> the unit's result, or {"failed": "<error>"} for a unit that failed after its
+    retries: one failed unit does not stop the sweep."""
+    out = {}
+    for key, future in jobs.items():
+        value = future.result(raise_on_failure=False)
+        out[key] = {"failed": f"{type(value).__name__}: {value}"} if isinstance(value, BaseException) else value
+    return out
+
+
+def _blocked(upstream: list[dict]) -> dict | None:
+    """A failure record for a unit whose upstream failed (it is not submitted)."""
+    bad = next((u for u in upstream if u.get("failed")), None)
+    return None if bad is None else {"failed": f"upstream failed: {bad['failed']}"}
 
 
 @flow(name="benchmark", log_prints=True)
@@ -31,42 +44,58 @@ def benchmark(config: dict, until: str = "report") -> dict:
     timings: dict[str, float] = {}
     track = units.tracker(cfg)
     parent = track.sweep_run(units.sweep_key(cfg), cfg.name, flatten(cfg.model_dump()))
-    out: dict = {"parent_run_id": parent, "flow_run_id": str(flow_run.id)}
+    out: dict = {"parent_run_id": parent, "flow_run_id": str(flow_run.id), "failed": []}
     try:
         clock = time.perf_counter()
         t.import_data(config)
         names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
-        preps = dict(zip(names, _wait([t.prepare.submit(config, n, parent) for n in names])))
+        preps = dict(zip(names, [f.result() for f in [t.prepare.submit(config, n, parent) for n in names]]))
         timings["prepare"] = time.perf_counter() - clock
+        tracks = {n: p["track"] for n, p in preps.items()}
         if stop >= 1:
             clock = time.perf_counter()
-            sources = cfg.pretrain.tasks
-            adapters = dict(zip(sources, _wait([t.pretrain.submit(config, preps[s], parent) for s in sources])))
+            adapters = _gather({s: t.pretrain.submit(config, preps[s], parent) for s in cfg.pretrain.tasks})
             timings["pretrain"] = time.perf_counter() - clock
+            out["failed"] += [{"stage": "pretrain", "unit": s, **r} for s, r in adapters.items() if r.get("failed")]
         if stop >= 2:
             clock = time.perf_counter()
-            tracks = {n: p["track"] for n, p in preps.items()}
-            jobs = {(target, group, method): t.merge.submit(config, target, group, method,
-                                                            [adapters[m] for m in members], parent)
-                    for target, group, method, members in units.merge_grid(cfg, tracks)}
-            merges = dict(zip(jobs, _wait(jobs.values())))
+            jobs, merges = {}, {}
+            for target, group, method, members in units.merge_grid(cfg, tracks):
+                ups = [adapters[m] for m in members]
+                if blocked := _blocked(ups):
+                    merges[(target, group, method)] = blocked
+                else:
+                    jobs[(target, group, method)] = t.merge.submit(config, target, group, method, ups, parent)
+            merges.update(_gather(jobs))
             timings["merge"] = time.perf_counter() - clock
+            out["failed"] += [{"stage": "merge", "unit": ".".join(k), **r} for k, r in merges.items() if r.get("failed")]
         if stop >= 3:
             clock = time.perf_counter()
-            futures = []
-            for u in units.fewshot_grid(cfg, merges):
-                merged = None if u["init"] == FRESH_INIT else merges[(u["target"], u["group"], u["init"])]
-                futures.append(t.fewshot.submit(config, preps[u["target"]], u["init"], u["group"], u["shots"],
-                                                u["seed"], merged, parent))
-            results = _wait(futures)
+            grid = units.fewshot_grid(cfg, tracks, adapters, merges)
+            jobs, done = {}, {}
+            for i, u in enumerate(grid):
+                if blocked := _blocked(u["upstream"]):
+                    done[i] = blocked
+                else:
+                    jobs[i] = t.fewshot.submit(config, preps[u["target"]], u["init"].name, u["group"], u["shots"],
+                                               u["seed"], u["upstream"], parent)
+            done.update(_gather(jobs))
             timings["fewshot"] = time.perf_counter() - clock
+            results = [done[i] for i in range(len(grid)) if not done[i].get("failed")]
+            failures = [{"target": u["target"], "init": u["init"].name, "group": u["group"], "shots": u["shots"],
+                         "seed": u["seed"], "error": done[i]["failed"]} for i, u in enumerate(grid) if done[i].get("failed")]
             out["results"] = results
+            out["failed"] += [{"stage": "fewshot", "unit": f"{f['target']}.{f['init']}.{f['group']}.k{f['shots']}"
+                                                            f".s{f['seed']}", "failed": f["error"]} for f in failures]
         if stop >= 4:
-            out["report"] = t.report(config, results, timings, list(merges.values()))
+            ok_merges = [m for m in merges.values() if not m.get("failed")]
+            out["report"] = t.report(config, results, timings, ok_merges, failures)
+            track.log_dir(parent, Path(out["report"]).parent, "report")  # browsable beside the sweep's runs
         out["timings"] = timings
-    except BaseException:
-        track.end(parent, "FAILED")
+    except BaseException as exc:
+        track.end(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    track.tag(parent, "mera.failed_units", str(len(out["failed"])))
     track.end(parent, "FINISHED")
     return out
 
@@ -80,11 +109,28 @@ def run(cfg: SweepConfig, until: str = "report") -> dict:
     # and `transformers` resolve names lazily and race when two threads import them at once
     import mera.calibrate  # noqa: F401
     import mera.evaluate  # noqa: F401
+    import mera.fewshot  # noqa: F401
     import mera.merge.ot  # noqa: F401
     import mera.models  # noqa: F401
     import mlflow.entities  # noqa: F401
     import ot  # noqa: F401
 
-    torch.set_num_threads(cfg.run.torch_threads or max(1, (os.cpu_count() or 1) // workers))
-    runner = ThreadPoolTaskRunner(max_workers=workers)
+    threads = cfg.run.torch_threads or max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ["MERA_TORCH_THREADS"] = str(threads)  # read by each worker process (tasks.units)
+    if cfg.run.runner == "process":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        runner = ProcessPoolTaskRunner(max_workers=workers)
+    elif cfg.run.runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ConfigError("run.runner 'dask' needs prefect-dask: pip install -c constraints.txt -e '.[dask]'") \
+                from None
+        runner = DaskTaskRunner(address=cfg.run.address) if cfg.run.address else DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                            "dashboard_address": None})
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=workers)
     return benchmark.with_options(task_runner=runner, name=f"benchmark-{cfg.name}")(cfg.model_dump(), until)

@@ -5,6 +5,9 @@
     mera data import --from ../shared/data          copy tasks into data/ and version them with DVC
     mera merge --adapter A --adapter B --method mera-wts --out merged/
                                                     merge saved adapters into one, outside a sweep
+    mera status --config X                          finished / missing units per stage
+    mera report --config X                          the report from what has finished
+    mera schedule --config X --cron "0 3 * * 1"     a cron-scheduled deployment (needs `prefect server start`)
     mera ui --config configs/smoke.yaml             MLflow UI over the project's store
 """
 
@@ -21,12 +24,13 @@ from pathlib import Path
 from mera.config import BUNDLED_MODEL, ConfigError, load_config, parse_override
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
+    from mera.artifacts import SweepBusy
     from mera.merge import MergeError
     from mera.models import ModelError
     from mera.tasks import TaskError
 
-    return (ConfigError, TaskError, ModelError, MergeError)
+    return (ConfigError, TaskError, ModelError, MergeError, SweepBusy)
 
 
 def _load(args) -> "object":
@@ -44,26 +48,75 @@ def cmd_run(args) -> int:
 
     env.configure(cfg)
     start = time.perf_counter()
-    if not args.force:
-        from mera.units import finished_sweep
+    from mera.artifacts import sweep_lock
 
-        done = finished_sweep(cfg, args.until)
-        if done is not None:
-            n = sum(len(v) for v in done.values())
-            print(f"sweep {cfg.name!r}: nothing to do, all {n} units up to {args.until} are finished "
-                  f"({time.perf_counter() - start:.1f} s; --force re-enters the flow, where they are cache hits)")
-            if args.until == "report":
-                print(f"report: {cfg.paths.resolve('reports') / cfg.name / 'report.md'}")
-            return 0
-    from flows.benchmark import run
+    with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
+        if not args.force:
+            from mera.units import finished_sweep
 
-    out = run(cfg, args.until)
+            done = finished_sweep(cfg, args.until)
+            if done is not None:
+                n = sum(len(v) for v in done.values())
+                print(f"sweep {cfg.name!r}: nothing to do, all {n} units up to {args.until} are finished "
+                      f"({time.perf_counter() - start:.1f} s; --force re-enters the flow, where they are cache hits)")
+                if args.until == "report":
+                    print(f"report: {cfg.paths.resolve('reports') / cfg.name / 'report.md'}")
+                return 0
+        from mera.preflight import preflight
+        from mera.units import import_data
+
+        import_data(cfg)
+        preflight(cfg)
+        from flows.benchmark import run
+
+        out = run(cfg, args.until)
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "
           f"(MLflow parent run {out['parent_run_id']})")
     for stage, seconds in out.get("timings", {}).items():
         print(f"  {stage:9s} {seconds:7.1f} s")
     if "report" in out:
         print(f"report: {out['report']}")
+    if out["failed"]:
+        print(f"{len(out['failed'])} unit(s) failed (the rest finished; run the same command again to retry them):",
+              file=sys.stderr)
+        for f in out["failed"][:20]:
+            print(f"  {f['stage']} {f['unit']}: {f['failed']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    """Per stage: done / missing counts, from the manifests alone (nothing runs, nothing is written)."""
+    from mera.units import walk
+
+    cfg = _load(args)
+    state = walk(cfg)
+    print(f"sweep {cfg.name!r} ({cfg.paths.resolve('artifacts')}):")
+    for stage, units in state.items():
+        print(f"  {stage:9s} {len(units['done']):5d} done  {len(units['missing']):5d} missing"
+              f"  {len(units['failed']):5d} failed")
+    for u in [f for s in state.values() for f in s["failed"]][:20]:
+        print(f"  failed {u['unit']} ({u['at']}): {u['error'][:160]}")
+    missing = [n for u in state.values() for n in u["missing"]]
+    if missing and args.verbose:
+        print("missing:\n  " + "\n  ".join(missing))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """(Re)write the report from the fine-tunes finished so far."""
+    from mera.report import write_report
+    from mera.units import walk
+
+    cfg = _load(args)
+    state = walk(cfg)
+    results = state["fewshot"]["done"]
+    if not results:
+        raise ConfigError(f"sweep {cfg.name!r} has no finished fine-tunes under {cfg.paths.resolve('artifacts')}; "
+                          f"run `mera run --config {args.config}` first")
+    path = write_report(cfg, results, None, state["merge"]["done"])
+    left = len(state["fewshot"]["missing"])
+    print(f"report: {path} ({len(results)} fine-tunes{f'; {left} not finished yet' if left else ''})")
     return 0
 
 
@@ -112,8 +165,13 @@ def cmd_merge(args) -> int:
     names, sizes = [n for n, _ in info], [s for _, s in info]
     validate(args.method, params, names=names)
     read = [read_adapter(d) for d in dirs]
+    base = read[0][0]
     for d, (meta, _) in zip(dirs[1:], read[1:]):
-        if meta.get("config") != read[0][0].get("config"):
+        if any(meta.get(k) != base.get(k) for k in ("hidden_size", "model_type", "model_class")):
+            raise MergeError(f"{d} was trained on another base model ({meta.get('model_name')!r}, hidden size "
+                             f"{meta.get('hidden_size')}) than {dirs[0]} ({base.get('model_name')!r}, hidden size "
+                             f"{base.get('hidden_size')}); merge adapters of one base model")
+        if meta.get("config") != base.get("config"):
             raise MergeError(f"{d} has another adapter config than {dirs[0]} (kind, reduction factor or rank differ); "
                              "merge adapters of one config")
     if len(set(names)) < len(names):
@@ -154,6 +212,25 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    cfg = _load(args)
+    from flows import env
+
+    env.configure(cfg)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("mera schedule needs a Prefect server: start one with `prefect server start` and set "
+                          "PREFECT_API_URL=http://127.0.0.1:4200/api (the ephemeral one stops with this process)")
+    from prefect import serve
+
+    from flows.schedule import deployment
+
+    dep = deployment(args.config, args.cron, args.until)
+    print(f"deployment benchmark-from-file/{dep.name}: cron {args.cron!r}, config {Path(args.config).resolve()}; "
+          "serving it (Ctrl-C stops; the schedule stays registered)")
+    serve(dep)
+    return 0
+
+
 def cmd_ui(args) -> int:
     cfg = _load(args)
     from mera.units import tracker
@@ -172,6 +249,7 @@ def cmd_ui(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mera", description="Benchmark merging pretrained adapters for few-shot learning.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
@@ -206,6 +284,21 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--model", default=BUNDLED_MODEL, help="base model for ot-acts (default: the bundled MiniLM)")
     mg.set_defaults(fn=cmd_merge)
 
+    st = sub.add_parser("status", help="per stage: finished and missing units (runs nothing)")
+    with_config(st)
+    st.add_argument("--verbose", "-v", action="store_true", help="list the missing units")
+    st.set_defaults(fn=cmd_status)
+
+    rp = sub.add_parser("report", help="write the report from the fine-tunes finished so far")
+    with_config(rp)
+    rp.set_defaults(fn=cmd_report)
+
+    sc = sub.add_parser("schedule", help="register a cron-scheduled deployment of the sweep and serve it")
+    with_config(sc)
+    sc.add_argument("--cron", required=True, help="cron expression, e.g. '0 3 * * 1' (03:00 every Monday)")
+    sc.add_argument("--until", default="report")
+    sc.set_defaults(fn=cmd_schedule)
+
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the project's store")
     with_config(ui)
     ui.add_argument("--port", type=int, default=5000)
@@ -217,9 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except _user_errors() as exc:
+    except user_errors() as exc:
+        if args.debug:
+            raise
         print(f"mera: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("mera: interrupted: finished units are kept, unfinished ones left no trace; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 
-from mera.config import BUNDLED_MODEL, SweepConfig
+from mera.config import BUNDLED_MODEL, ConfigError, SweepConfig
 
 
 def configure(cfg: SweepConfig) -> None:
     home = cfg.paths.resolve("prefect_home")
+    try:  # Prefect's SQLite needs the folder; a missing one shows up as a 2-minute server timeout
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"paths.prefect_home {str(home)!r} cannot be created ({exc.strerror}); "
+                          "set paths.root or paths.prefect_home to a writable directory") from None
     defaults = {
         "PREFECT_HOME": str(home),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "results"),

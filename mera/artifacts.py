@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,15 +36,27 @@ def unit_dir(artifacts: Path, stage: str, readable: str, key: str) -> Path:
     return Path(artifacts) / stage / f"{readable}-{key}"
 
 
+def file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file under `directory` but the manifest, by relative path."""
+    directory = Path(directory)
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
 def read_manifest(path: Path) -> dict | None:
-    """The manifest of a finished unit, or None when the unit is not done."""
+    """The manifest of a finished unit, or None when the unit is not done: no manifest, an
+    unreadable one, or files that no longer match the content hashes it recorded."""
     f = Path(path) / MANIFEST
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
+        manifest = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None
+    recorded = manifest.get("files")
+    if recorded is not None and file_hashes(path) != recorded:
+        return None  # a file changed, vanished or appeared since the unit finished
+    return manifest
 
 
 @contextmanager
@@ -62,4 +75,39 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
+    """Written last: records the content hash of every file the unit wrote."""
+    manifest = {**manifest, "files": file_hashes(directory)}
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+
+class SweepBusy(RuntimeError):
+    """Another `mera run` holds the sweep."""
+
+
+@contextmanager
+def sweep_lock(artifacts: Path, name: str) -> Iterator[None]:
+    """One `mera run` per sweep at a time: a second one exits at once, naming the first
+    (an OS lock: released when its process dies, even by SIGKILL)."""
+    import fcntl
+
+    artifacts = Path(artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    path = artifacts / f".lock-{name}"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SweepBusy(f"sweep {name!r} is already running ({holder}); wait for it to finish or stop it "
+                            "(this run changed nothing)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)

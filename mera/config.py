@@ -16,9 +16,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mera.inits import DEFAULT_LR, Init, parse_init
+from mera.tasks import did_you_mean
+from mera.inits import KINDS as INIT_KINDS
+
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 GROUPS = ("same-track", "cross-track", "all")
-FRESH_INIT = "adapter"
 
 
 class ConfigError(ValueError):
@@ -84,7 +87,25 @@ class FewshotConfig(_Section):
     epochs: int = Field(20, gt=0)
     min_steps: int = Field(100, ge=0)
     batch_size: int = Field(8, gt=0)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-4, gt=0)  # adapter inits (fresh, from a source, merged)
+    lr_by_init: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_LR))  # init kind -> lr
+    weight_decay_full: float = Field(0.01, ge=0)  # full fine-tuning; 0 for every other init
+    dev_k: int | None = Field(None, gt=0)  # K per class of the dev sample best-source selects on (default: shots)
+    fusion_reg: float = Field(0.01, ge=0)  # AdapterFusion's ‖I - V‖² weight
+    init_groups: dict[str, list[str]] = Field(default_factory=dict)  # grouped init -> its groups (default: merge.groups)
+
+    @field_validator("lr_by_init")
+    @classmethod
+    def _lr_kinds(cls, lrs: dict[str, float]) -> dict[str, float]:
+        for kind, lr in lrs.items():
+            if kind not in INIT_KINDS:
+                raise ValueError(f"unknown init kind {kind!r}; accepted: {', '.join(INIT_KINDS)}")
+            if not lr > 0:
+                raise ValueError(f"{kind}: lr must be positive, got {lr}")
+        return {**DEFAULT_LR, **lrs}
+
+    def lr_for(self, kind: str) -> float:
+        return self.lr_by_init.get(kind, self.lr)
 
     @field_validator("shots")
     @classmethod
@@ -95,8 +116,13 @@ class FewshotConfig(_Section):
 
 
 class RunConfig(_Section):
-    workers: int = Field(1, gt=0)  # concurrent units in the Prefect thread pool
-    torch_threads: int | None = Field(None, gt=0)
+    workers: int = Field(1, gt=0)  # concurrent units
+    # thread: one process, shared torch RNG (fast start; not bit-reproducible with workers > 1);
+    # process: one process per worker (own RNG: identical metrics run to run)
+    # dask: prefect-dask, a local cluster of `workers` processes, or the scheduler at `address`
+    runner: Literal["thread", "process", "dask"] = "thread"
+    address: str | None = None  # dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)
+    torch_threads: int | None = Field(None, gt=0)  # per worker; default cores / workers
 
 
 class PathsConfig(_Section):
@@ -127,14 +153,36 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _inits_are_known(self) -> "SweepConfig":
-        accepted = [FRESH_INIT, *self.merge.methods]
-        for init in self.fewshot.inits:
-            if init not in accepted:
-                raise ValueError(
-                    f"fewshot.inits: unknown init {init!r}; accepted: {', '.join(accepted)} "
-                    "(a merge init must also be listed in merge.methods)"
-                )
+        for name in self.fewshot.inits:
+            try:
+                parse_init(name, self.merge.methods, self.pretrain.tasks)
+            except ValueError as exc:
+                raise ValueError(f"fewshot.inits: {exc}") from None
         return self
+
+    @model_validator(mode="after")
+    def _init_groups_are_known(self) -> "SweepConfig":
+        for name, groups in self.fewshot.init_groups.items():
+            if name not in self.fewshot.inits or not self.init(name).grouped:
+                grouped = [n for n in self.fewshot.inits if self.init(n).grouped]
+                raise ValueError(f"fewshot.init_groups: {name!r} is not a grouped init of fewshot.inits; "
+                                 f"accepted: {', '.join(grouped) or '(none)'}")
+            for g in groups:
+                if g not in self.merge.groups:
+                    raise ValueError(f"fewshot.init_groups.{name}: group {g!r} is not in merge.groups "
+                                     f"({', '.join(self.merge.groups)})")
+        return self
+
+    def groups_of(self, init: Init) -> list[str | None]:
+        if not init.grouped:
+            return [None]
+        return self.fewshot.init_groups.get(init.name, self.merge.groups)
+
+    def inits(self) -> list[Init]:
+        return [self.init(n) for n in self.fewshot.inits]
+
+    def init(self, name: str) -> Init:
+        return parse_init(name, self.merge.methods, self.pretrain.tasks)
 
     @model_validator(mode="after")
     def _merge_params_are_valid(self) -> "SweepConfig":
@@ -180,13 +228,25 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys accepted at a config location (for did-you-mean on an unknown key)."""
+    model: Any = SweepConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
 def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            known = _known_keys(e["loc"][:-1])
+            msg = f"unknown key; {did_you_mean(str(e['loc'][-1]), known)}" if known else "unknown key"
         shown = "" if e["type"] == "missing" or not e["loc"] else f" (got {e.get('input')!r})"
         lines.append(f"{where}: {msg}{shown}" if where else msg)
     return "; ".join(lines)

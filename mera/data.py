@@ -38,6 +38,15 @@ def load_split(data_dir: Path, task: TaskSpec, split: str) -> pd.DataFrame:
     if "sentence2" not in df.columns:
         df["sentence2"] = None
     df = df[list(COLUMNS)].reset_index(drop=True)
+    if df.empty:
+        raise TaskError(f"{path} has no rows: an empty {split} split")
+    null = df["sentence1"].isna() | (df["sentence1"].astype(str).str.strip() == "")
+    if null.any():
+        raise TaskError(f"{path}: sentence1 is null or empty in row {int(null.idxmax())} ({int(null.sum())} rows); "
+                        "accepted: non-empty text in every row (drop those rows)")
+    if not pd.api.types.is_integer_dtype(df["label"]) and not (df["label"] == df["label"].round()).all():
+        raise TaskError(f"{path}: label must hold integer class indices, got {df['label'].dtype} "
+                        f"(e.g. {df['label'].iloc[0]!r}); accepted: 0..{task.num_labels - 1}")
     bad = ~df["label"].between(0, task.num_labels - 1)
     if bad.any():
         raise TaskError(
@@ -58,18 +67,30 @@ def task_hash(data_dir: Path, name: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _k_per_class(df: pd.DataFrame, k: int, seed: int, num_labels: int, what: str) -> pd.DataFrame:
+    parts = []
+    for label in range(num_labels):
+        pool = df[df["label"] == label]
+        if len(pool) < k:
+            raise TaskError(f"class {label} has {len(pool)} training examples{what}, fewer than shots={k}")
+        parts.append(pool.sample(n=k, random_state=seed))
+    return pd.concat(parts).sample(frac=1.0, random_state=seed)
+
+
 def sample_k_shot(df: pd.DataFrame, k: int, seed: int, num_labels: int) -> pd.DataFrame:
     """Exactly `k` examples of every class, drawn with `seed` (same seed -> same sample).
 
     Draws from the train split only, so it can never overlap the validation split.
     """
-    parts = []
-    for label in range(num_labels):
-        pool = df[df["label"] == label]
-        if len(pool) < k:
-            raise TaskError(f"class {label} has {len(pool)} training examples, fewer than shots={k}")
-        parts.append(pool.sample(n=k, random_state=seed))
-    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return _k_per_class(df, k, seed, num_labels, "").reset_index(drop=True)
+
+
+def sample_dev(df: pd.DataFrame, k: int, seed: int, num_labels: int, dev_k: int) -> pd.DataFrame:
+    """A K-shot dev sample for selection: `dev_k` per class from the train split, disjoint
+    from `sample_k_shot(df, k, seed)` (the examples the fine-tune trains on)."""
+    taken = _k_per_class(df, k, seed, num_labels, "").index
+    return _k_per_class(df.drop(index=taken), dev_k, seed + 1, num_labels, " left for the dev sample") \
+        .reset_index(drop=True)
 
 
 def cap(df: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -97,12 +118,13 @@ def import_from_dir(source: Path, data_dir: Path, tasks: list[str] | None = None
     for name in names:
         if name not in known:
             raise TaskError(f"task {name!r} is not in {source}; {did_you_mean(name, known)}")
+    for name in names:  # validate every task before any lands in data_dir
+        spec = read_task(source, name)
+        for split in SPLITS:
+            load_split(source, spec, split)
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
-        spec = read_task(source, name)
-        for split in SPLITS:
-            load_split(source, spec, split)  # validate before anything lands in data_dir
         _copy_task(source / name, data_dir, name)
     return names
 
@@ -146,7 +168,14 @@ def ensure_tasks(data_dir: Path, source: str, names: list[str]) -> list[str]:
         for name in missing:
             import_from_hub(data_dir, name)
         return missing
-    return import_from_dir(Path(source), data_dir)
+    source_dir = Path(source).expanduser()
+    if source_dir.is_dir():  # a name the source lacks fails before anything is copied
+        known = available_tasks(source_dir)
+        for name in missing:
+            if name not in known:
+                raise TaskError(f"task {name!r} is neither in {data_dir} nor in data.source {str(source_dir)!r} "
+                                f"(no {name}/meta.json there); {did_you_mean(name, known)}")
+    return import_from_dir(source_dir, data_dir)
 
 
 def version_with_dvc(data_dir: Path) -> Path | None:

@@ -63,10 +63,10 @@ def adapter_config(cfg: ModelConfig):
     return kind(reduction_factor=cfg.reduction_factor)
 
 
-def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | None = None, seed: int = 0):
-    """Base model with one adapter (fresh when `adapter_dir` is None) and a fresh head.
-
-    Only the adapter and the head are trainable. Returns (model, tokenizer).
+def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | None = None, seed: int = 0,
+                adapter: bool = True):
+    """Base model with one adapter (fresh when `adapter_dir` is None; none when `adapter` is
+    False) and a fresh head. Only the adapter and the head are trainable. Returns (model, tokenizer).
     """
     with _BUILD_LOCK:
         try:
@@ -75,14 +75,29 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
             raise ModelError(f"model.name {cfg.name!r} is neither the bundled {BUNDLED_MODEL!r}, "
                              f"a local model directory nor a reachable HF hub id ({exc})") from None
         torch.manual_seed(seed)
-        if adapter_dir is None:
-            model.add_adapter(ADAPTER, config=adapter_config(cfg))
-        else:
+        if adapter_dir is not None:
             load_adapter(model, adapter_dir, with_head=False)
+        elif adapter:
+            model.add_adapter(ADAPTER, config=adapter_config(cfg))
         model.add_classification_head(ADAPTER, num_labels=num_labels, overwrite_ok=True)
-    model.set_active_adapters(ADAPTER)
-    model.train_adapter(ADAPTER)
+    if adapter or adapter_dir is not None:
+        model.set_active_adapters(ADAPTER)
+        model.train_adapter(ADAPTER)
+    else:
+        train_only_head(model)
     return model, load_tokenizer(cfg.name)
+
+
+def head_parameters(model) -> list[torch.nn.Parameter]:
+    return list(model.heads[ADAPTER].parameters())
+
+
+def train_only_head(model) -> None:
+    """Freeze everything (PLM, adapters, fusion) but the classification head."""
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in head_parameters(model):
+        p.requires_grad = True
 
 
 def _is_adapter_key(key: str, name: str = ADAPTER) -> bool:

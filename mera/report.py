@@ -1,14 +1,29 @@
-"""Tables and plots from the fine-tune manifests (works with MLflow down)."""
+"""The report: tables, paired tests and plots from the fine-tune manifests (works with
+MLflow down). Markdown, a self-contained HTML page, and results/metrics.json for DVC.
+
+It answers the questions users come with (METHOD.md 8): (a) do OT merges beat naive
+merges, (b) same-track vs cross-track, (c) MerA vs AdapterFusion, head, full fine-tuning,
+the best single source and a fresh adapter: paired over (target, K, seed), Wilcoxon.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
+import re
 import statistics
 from collections import defaultdict
+from importlib import resources
 from pathlib import Path
 
 from mera.config import SweepConfig
+
+MERA = ("mera-wts", "mera-acts")  # the OT merges the questions are asked about
+NAIVE = ("mera-avg", "mera-sum")
+UNGROUPED_BASELINES = ("adapter", "head", "full")
+GROUPED_BASELINES = ("fusion", "best-source")
 
 
 def init_label(result: dict) -> str:
@@ -40,39 +55,237 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def table(table_cells: dict, shots: list[int]) -> str:
+def failed_cells(failures: list[dict]) -> dict:
+    """(target, init label, K) -> the errors of its failed fine-tunes."""
+    out: dict = defaultdict(list)
+    for f in failures:
+        out[(f["target"], init_label(f), f["shots"])].append(f["error"])
+    return out
+
+
+def table(table_cells: dict, shots: list[int], failed: dict | None = None) -> str:
+    """target x init rows, one column per K; the best mean of each target and K in bold; a
+    cell with failed fine-tunes says so, with the first error."""
+    failed = failed or {}
+    rows = {t: dict(inits) for t, inits in table_cells.items()}
+    for target, label, _ in failed:
+        rows.setdefault(target, {}).setdefault(label, {})
     head = "| target | init | " + " | ".join(f"K={k}" for k in shots) + " |"
     lines = [head, "|" + "---|" * (2 + len(shots))]
-    for target, inits in table_cells.items():
-        for label, by_k in inits.items():
+    for target in sorted(rows):
+        inits = rows[target]
+        best = {k: max((c[str(k)]["mean"] for c in inits.values() if str(k) in c), default=None) for k in shots}
+        for label in sorted(inits):
+            by_k = inits[label]
             row = []
             for k in shots:
-                c = by_k.get(str(k))
-                row.append("-" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (N={c['n']})")
+                c, errors = by_k.get(str(k)), failed.get((target, label, k), [])
+                text = "-" if c is None else f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f} (N={c['n']})"
+                if c is not None and c["mean"] == best[k]:
+                    text = f"**{text}**"
+                if errors:
+                    why = errors[0][:80].replace("|", "/")
+                    text = (f"failed ×{len(errors)}: {why}" if c is None else f"{text}; {len(errors)} failed: {why}")
+                row.append(text)
             mark = " †" if any(c["single_source"] for c in by_k.values()) else ""
             lines.append(f"| {target} | {label}{mark} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def plot(table_cells: dict, path: Path) -> None:
+# ---- paired comparisons -----------------------------------------------------------------------
+
+def _by_pair(results: list[dict], metric: str = "accuracy") -> dict[str, dict[tuple, float]]:
+    """init label -> (target, K, seed) -> score."""
+    out: dict = defaultdict(dict)
+    for r in results:
+        out[init_label(r)][(r["target"], r["shots"], r["seed"])] = r["metrics"][metric]
+    return out
+
+
+def paired(scores: dict[str, dict[tuple, float]], a: str, b: str) -> dict | None:
+    """a vs b over the (target, K, seed) both have: mean Δ (points), wins/ties/losses and the
+    two-sided Wilcoxon signed-rank p-value (None when every difference is 0 or n < 2)."""
+    common = sorted(set(scores.get(a, {})) & set(scores.get(b, {})))
+    if not common:
+        return None
+    deltas = [100 * (scores[a][key] - scores[b][key]) for key in common]
+    p = None
+    if len(deltas) >= 2 and any(d != 0 for d in deltas):
+        from scipy.stats import wilcoxon
+
+        p = float(wilcoxon(deltas, zero_method="wilcox", alternative="two-sided").pvalue)
+    return {"a": a, "b": b, "n": len(deltas), "mean_delta": statistics.fmean(deltas),
+            "wins": sum(d > 0 for d in deltas), "ties": sum(d == 0 for d in deltas),
+            "losses": sum(d < 0 for d in deltas), "p": p}
+
+
+def comparisons(results: list[dict]) -> dict[str, list[dict]]:
+    """The paired tests behind questions (a), (b) and (c), for whatever the sweep ran."""
+    scores = _by_pair(results)
+    labels = set(scores)
+    groups = sorted({r["group"] for r in results if r.get("group")})
+    out: dict[str, list[dict]] = {"ot_vs_naive": [], "same_vs_cross": [], "mera_vs_baselines": []}
+
+    def add(section: str, a: str, b: str) -> None:
+        if a in labels and b in labels and (c := paired(scores, a, b)):
+            out[section].append(c)
+
+    for g in groups:
+        for m in MERA:
+            for naive in NAIVE:
+                add("ot_vs_naive", f"{m} [{g}]", f"{naive} [{g}]")
+    for init in sorted({r["init"] for r in results if r.get("group")}):
+        add("same_vs_cross", f"{init} [same-track]", f"{init} [cross-track]")
+    for g in groups:
+        for m in MERA:
+            for base in GROUPED_BASELINES:
+                add("mera_vs_baselines", f"{m} [{g}]", f"{base} [{g}]")
+            for base in UNGROUPED_BASELINES:
+                add("mera_vs_baselines", f"{m} [{g}]", base)
+    return out
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}")
+
+
+def comparison_table(rows: list[dict]) -> str:
+    if not rows:
+        return "_not in this sweep_"
+    lines = ["| A | B | pairs | mean Δ (A−B, pts) | wins / ties / losses | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    lines += [f"| {c['a']} | {c['b']} | {c['n']} | {c['mean_delta']:+.2f} | {c['wins']} / {c['ties']} / {c['losses']} "
+              f"| {_fmt_p(c['p'])} |" for c in rows]
+    return "\n".join(lines)
+
+
+def group_deltas(table_cells: dict, shots: list[int]) -> str:
+    """Per target and grouped init: mean(same-track) − mean(cross-track), per K."""
+    lines = ["| target | init | " + " | ".join(f"K={k}" for k in shots) + " |", "|" + "---|" * (2 + len(shots))]
+    for target, inits in table_cells.items():
+        for label in sorted(inits):
+            if not label.endswith("[same-track]"):
+                continue
+            cross = inits.get(label.replace("[same-track]", "[cross-track]"))
+            if cross is None:
+                continue
+            same = inits[label]
+            row = [f"{100 * (same[str(k)]['mean'] - cross[str(k)]['mean']):+.1f}"
+                   if str(k) in same and str(k) in cross else "-" for k in shots]
+            lines.append(f"| {target} | {label.removesuffix(' [same-track]')} | " + " | ".join(row) + " |")
+    return "\n".join(lines) if len(lines) > 2 else "_no target has both a same-track and a cross-track group here_"
+
+
+# ---- published reference numbers ---------------------------------------------------------------
+
+def paper_numbers() -> dict:
+    import yaml
+
+    return yaml.safe_load(resources.files("mera").joinpath("paper_numbers.yaml").read_text())
+
+
+def paper_section(targets: list[str], table_cells: dict, shots: list[int]) -> list[str]:
+    ref = paper_numbers()
+    names = ref["task_names"]
+    t1 = ref["adapterfusion_table1"]
+    rows = [t for t in targets if names.get(t) in t1["rows"]]
+    out = ["## Published reference numbers (full data, BERT-base; not comparable to few-shot)", "",
+           f"{t1['title']}. Rows for this sweep's targets, and the paper's mean.", "",
+           "| task | " + " | ".join(t1["columns"]) + " |", "|" + "---|" * (1 + len(t1["columns"]))]
+    for t in [*rows, None]:
+        key = names[t] if t else "Mean"
+        out.append(f"| {key} | " + " | ".join(f"{v:.2f}" for v in t1["rows"][key]) + " |")
+    claims = ref["mera_claims"]
+    out += ["", f"{claims['title']}; next to ours (best K, same-track mera-wts / mera-acts minus the better of "
+            "full and adapter, mean over seeds):", "", "| task | MerA claim | ours: mera-wts | ours: mera-acts |",
+            "|---|---|---|---|"]
+    for task, delta in claims["delta"].items():
+        ours = [_same_track_delta(table_cells.get(task.lower(), {}), m, shots) for m in MERA]
+        out.append(f"| {task} | +{delta:.1f} | " + " | ".join("-" if d is None else f"{d:+.1f}" for d in ours) + " |")
+    return out + [""]
+
+
+def _same_track_delta(inits: dict, method: str, shots: list[int]) -> float | None:
+    label = f"{method} [same-track]"
+    if label not in inits:
+        return None
+    deltas = []
+    for k in shots:
+        base = [inits[b][str(k)]["mean"] for b in ("full", "adapter") if b in inits and str(k) in inits[b]]
+        if base and str(k) in inits[label]:
+            deltas.append(100 * (inits[label][str(k)]["mean"] - max(base)))
+    return max(deltas) if deltas else None
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    _pyplot().close(fig)
+
+
+def plot(table_cells: dict, path: Path) -> None:
+    """Accuracy vs K, one panel per target, one line per init."""
+    plt = _pyplot()
     targets = list(table_cells)
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.6), squeeze=False)
-    for ax, target in zip(axes[0], targets):
+    cols = min(3, len(targets))
+    rows = math.ceil(len(targets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False)
+    for ax, target in zip(axes.flat, targets):
         for label, by_k in table_cells[target].items():
             ks = sorted(int(k) for k in by_k)
             ax.errorbar(ks, [100 * by_k[str(k)]["mean"] for k in ks], yerr=[100 * by_k[str(k)]["std"] for k in ks],
                         marker="o", capsize=3, label=label)
         ax.set(title=target, xlabel="K (examples per class)", ylabel="accuracy (%)")
         ax.set_xscale("log", base=2)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    for ax in list(axes.flat)[len(targets):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="best")
+    _save(fig, path)
+
+
+def gain_heatmap(results: list[dict], tracks: dict[str, str], path: Path) -> bool:
+    """MerA's gain over a fresh adapter (points, paired mean over K and seeds): rows = method
+    x group, columns = targets grouped by track."""
+    import numpy as np
+
+    scores = _by_pair(results)
+    if "adapter" not in scores:
+        return False
+    targets = sorted({r["target"] for r in results}, key=lambda t: (tracks.get(t, ""), t))
+    rows = [lab for lab in sorted(scores) if lab.split(" [")[0] in MERA]
+    if not rows:
+        return False
+    grid = np.full((len(rows), len(targets)), np.nan)
+    for i, lab in enumerate(rows):
+        for j, t in enumerate(targets):
+            d = [100 * (v - scores["adapter"][key]) for key, v in scores[lab].items()
+                 if key[0] == t and key in scores["adapter"]]
+            if d:
+                grid[i, j] = statistics.fmean(d)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.3 * len(targets) + 3, 0.5 * len(rows) + 1.8))
+    lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+    im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(targets)), [f"{t}\n({tracks.get(t, '?')})" for t in targets], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(targets)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=7)
+    ax.set_title("gain over a fresh adapter (accuracy points)")
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+    return True
 
 
 def plan_example(merges: list[dict]) -> tuple[dict, dict] | None:
@@ -87,12 +300,9 @@ def plan_example(merges: list[dict]) -> tuple[dict, dict] | None:
 
 def plot_plan(merge: dict, diag: dict, path: Path) -> str:
     """Heatmap of one module's cost matrix with the OT plan's matches marked; returns a caption."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _pyplot()
     ex = diag["alignment"]["example"]
     cost, plan = np.array(ex["cost"]), np.array(ex["plan"])
     source, anchor = merge["sources"][ex["adapter"]], merge["anchor"]
@@ -105,49 +315,13 @@ def plot_plan(merge: dict, diag: dict, path: Path) -> str:
     ax.set(xlabel=f"anchor unit ({anchor})", ylabel=f"unit of {source}", title=f"{merge['method']}: {module}")
     ax.legend(fontsize=7, loc="upper right")
     fig.colorbar(im, ax=ax, label="cost")
-    fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
+    _save(fig, path)
     return (f"OT plan of {merge['method']} for target {merge['target']} (group {merge['group']}), module `{module}`: "
             f"units of {source} matched to the anchor {anchor}. Mean matched cost "
             f"{np.trace(cost) / len(cost):.3f} before alignment, {(cost * plan).sum() / len(cost):.3f} after.")
 
 
-def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None,
-                 merges: list[dict] | None = None) -> Path:
-    """reports/<name>/report.md + accuracy_vs_k.png (+ ot_plan.png), and results/metrics.json for DVC."""
-    out_dir = cfg.paths.resolve("reports") / cfg.name
-    acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
-    shots = sorted(cfg.fewshot.shots)
-    p, f = cfg.pretrain, cfg.fewshot
-    caps = [
-        f"- base model: `{cfg.model.name}`, {_adapter_label(cfg)}, max_length {cfg.model.max_length}",
-        f"- source adapters: {', '.join(p.tasks)}; {p.epochs} epoch(s), lr {p.lr}, batch {p.batch_size}, "
-        f"examples per source capped at {p.max_examples or 'none (full train split)'}",
-        f"- few-shot: K per class {shots}, seeds {f.seeds}, {f.epochs} epochs with at least {f.min_steps} steps, "
-        f"lr {f.lr}, batch {f.batch_size}; final checkpoint, no early stopping",
-        f"- evaluation: validation split, capped at {cfg.data.max_eval or 'none (full split)'} examples (seeded)",
-        "- merge groups never include the target's own adapter; † = a group of one source (every merge is that adapter)",
-    ]
-    body = [f"# mera-bench report: {cfg.name}", "", *caps, "", "## Accuracy (%), mean ± std over seeds", "",
-            table(acc, shots), "", "## Macro-F1 (%)", "", table(f1, shots), "",
-            "![accuracy vs K](accuracy_vs_k.png)", ""]
-    example = plan_example(merges or [])
-    if example:
-        caption = plot_plan(*example, out_dir / "ot_plan.png")
-        body += ["## One OT plan", "", caption, "", "![OT plan](ot_plan.png)", ""]
-    if timings:
-        body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
-                 *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
-    plot(acc, out_dir / "accuracy_vs_k.png")
-    report = out_dir / "report.md"
-    _atomic_write(report, lambda p: p.write_text("\n".join(body)))
-    metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1,
-               "mean_accuracy_by_init": _mean_by_init(acc), "units": sorted(r["key"] for r in results)}
-    _atomic_write(cfg.paths.resolve("results") / "metrics.json",
-                  lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
-    return report
-
+# ---- the report -----------------------------------------------------------------------------------
 
 def _adapter_label(cfg: SweepConfig) -> str:
     m = cfg.model
@@ -155,6 +329,84 @@ def _adapter_label(cfg: SweepConfig) -> str:
         return f"LoRA adapter (query, value) rank {m.lora_rank}, alpha {m.lora_alpha}"
     kind = "Houlsby (double_seq_bn)" if m.adapter == "houlsby" else "Pfeiffer bottleneck adapter (seq_bn)"
     return f"{kind} reduction factor {m.reduction_factor}"
+
+
+def _caps(cfg: SweepConfig, shots: list[int]) -> list[str]:
+    p, f = cfg.pretrain, cfg.fewshot
+    lrs = ", ".join(f"{k} {v:g}" for k, v in sorted(f.lr_by_init.items()))
+    return [
+        f"- base model: `{cfg.model.name}`, {_adapter_label(cfg)}, max_length {cfg.model.max_length}",
+        f"- source adapters: {', '.join(p.tasks)}; {p.epochs} epoch(s), lr {p.lr}, batch {p.batch_size}, "
+        f"examples per source capped at {p.max_examples or 'none (full train split)'}",
+        f"- few-shot: K per class {shots}, seeds {f.seeds}, {f.epochs} epochs with at least {f.min_steps} steps, "
+        f"batch {f.batch_size}, lr {f.lr:g} for adapter inits ({lrs}); final checkpoint, no early stopping",
+        f"- best-source picks on a K-shot dev sample ({f.dev_k or 'K'} per class) drawn from the train split, "
+        "disjoint from the training sample; never the validation split",
+        f"- evaluation: validation split, capped at {cfg.data.max_eval or 'none (full split)'} examples (seeded)",
+        "- merge groups never include the target's own adapter (AdapterFusion's paper included it); "
+        "† = a group of one source: every merge is that adapter (single-source)",
+        "- **bold** = best mean of its target and K; Δ in accuracy points; p = two-sided Wilcoxon signed-rank "
+        "over (target, K, seed) pairs",
+    ]
+
+
+def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None,
+                 merges: list[dict] | None = None, failures: list[dict] | None = None) -> Path:
+    """reports/<name>/report.md + report.html + plots, and results/metrics.json for DVC."""
+    out_dir = cfg.paths.resolve("reports") / cfg.name
+    acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
+    shots = sorted(cfg.fewshot.shots)
+    tracks = {r["target"]: r.get("track", "?") for r in results}
+    tests = comparisons(results)
+    body = [f"# mera-bench report: {cfg.name}", "", *_caps(cfg, shots), "",
+            "## Accuracy (%), mean ± std over seeds", "", table(acc, shots, failed_cells(failures or [])), "",
+            "## (a) OT merges vs naive merges", "", comparison_table(tests["ot_vs_naive"]), "",
+            "## (b) Same-track vs cross-track", "", comparison_table(tests["same_vs_cross"]), "",
+            "Per target, mean(same-track) − mean(cross-track):", "", group_deltas(acc, shots), "",
+            "## (c) MerA vs the baselines", "", comparison_table(tests["mera_vs_baselines"]), ""]
+    plot(acc, out_dir / "accuracy_vs_k.png")
+    body += ["## Accuracy vs K", "", "![accuracy vs K](accuracy_vs_k.png)", ""]
+    if gain_heatmap(results, tracks, out_dir / "gain_heatmap.png"):
+        body += ["## MerA gain over a fresh adapter", "", "![gain heatmap](gain_heatmap.png)", ""]
+    example = plan_example(merges or [])
+    if example:
+        caption = plot_plan(*example, out_dir / "ot_plan.png")
+        body += ["## One OT plan", "", caption, "", "![OT plan](ot_plan.png)", ""]
+    body += ["## Macro-F1 (%)", "", table(f1, shots), ""]
+    body += paper_section(sorted(acc), acc, shots)
+    if timings:
+        body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
+                 *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
+    text = "\n".join(body)
+    report = out_dir / "report.md"
+    _atomic_write(report, lambda p: p.write_text(text))
+    _atomic_write(out_dir / "report.html", lambda p: p.write_text(to_html(text, out_dir, cfg.name)))
+    metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1, "comparisons": tests, "failed": failures or [],
+               "mean_accuracy_by_init": _mean_by_init(acc), "units": sorted(r["key"] for r in results)}
+    _atomic_write(cfg.paths.resolve("results") / "metrics.json",
+                  lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
+    return report
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px}
+th{background:#f0f0f0}tr:nth-child(even){background:#fafafa}img{max-width:100%}code{background:#f4f4f4}"""
+
+
+def to_html(markdown_text: str, image_dir: Path, title: str) -> str:
+    """One self-contained page: the Markdown rendered, every image embedded as a data URI."""
+    import markdown
+
+    html = markdown.markdown(markdown_text, extensions=["tables"])
+
+    def embed(m: re.Match) -> str:
+        f = image_dir / m.group(1)
+        data = base64.b64encode(f.read_bytes()).decode() if f.is_file() else ""
+        return f'src="data:image/png;base64,{data}"'
+
+    html = re.sub(r'src="([^"/:]+\.png)"', embed, html)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mera-bench: {title}</title>"
+            f"<style>{_STYLE}</style></head><body>{html}</body></html>")
 
 
 def report_keys(cfg: SweepConfig) -> list[str] | None:

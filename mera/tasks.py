@@ -85,6 +85,9 @@ def read_task(data_dir: Path, name: str) -> TaskSpec:
         track = str(meta["track"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise TaskError(f"{meta_path} must be JSON with 'task', 'track' and 'label_names' ({exc})") from None
+    if str(meta.get("task", name)) != name:
+        raise TaskError(f"{meta_path} names task {meta['task']!r} but lives in directory {name!r}; a task's "
+                        "directory and meta.json 'task' must agree (two directories with one task name?)")
     if len(labels) < 2:
         raise TaskError(f"{meta_path}: label_names needs at least 2 labels, got {list(labels)}")
     return TaskSpec(name=name, track=track, label_names=labels)

@@ -73,17 +73,25 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, run_id, status=status)
 
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        _retry(self.client.set_tag, run_id, key, value)
+
+    def log_dir(self, run_id: str, directory: Path, under: str | None = None) -> None:
+        _retry(self.client.log_artifacts, run_id, str(directory), under)
+
     def finished(self, key: str) -> str | None:
         runs = self.find(key, "FINISHED")
         return runs[0].info.run_id if runs else None
 
     @contextmanager
     def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict) -> Iterator["UnitRun"]:
-        """A child run for one unit; FAILED on error. Earlier FAILED/RUNNING attempts become KILLED."""
-        for run in self.find(key):
-            if run.info.status in ("FAILED", "RUNNING"):
+        """A child run for one unit, tagged with its attempt number; FAILED on error, KILLED
+        when interrupted. An earlier attempt still RUNNING was killed with its process: KILLED."""
+        earlier = self.find(key)
+        for run in earlier:
+            if run.info.status == "RUNNING":
                 _retry(self.client.set_terminated, run.info.run_id, status="KILLED")
-        all_tags = {"mera.key": key, **{k: str(v) for k, v in tags.items()}}
+        all_tags = {"mera.key": key, "mera.attempt": str(len(earlier) + 1), **{k: str(v) for k, v in tags.items()}}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
@@ -91,8 +99,8 @@ class Tracker:
         self._log(handle.run_id, params, {})
         try:
             yield handle
-        except BaseException:
-            self.end(handle.run_id, "FAILED")
+        except BaseException as exc:
+            self.end(handle.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.end(handle.run_id, "FINISHED")
 

@@ -10,6 +10,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -66,8 +67,10 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random | Non
     return batches
 
 
-def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings) -> dict[str, float]:
-    """Train the model's trainable parameters on df; returns loss, steps and throughput."""
+def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings,
+          extra_loss: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+    """Train the model's trainable parameters on df (plus `extra_loss()`, a regulariser, when
+    given); returns loss, steps and throughput."""
     items = encode(tokenizer, df, s.max_length)
     labels = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
     lengths = [len(it["input_ids"]) for it in items]
@@ -88,6 +91,8 @@ def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings) -> dict[str, flo
             batch = collate([items[i] for i in idx], tokenizer.pad_token_id)
             logits = model(**batch).logits
             loss = F.cross_entropy(logits, labels[idx])
+            if extra_loss is not None:
+                loss = loss + extra_loss()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, s.clip)
             opt.step()

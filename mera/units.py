@@ -6,13 +6,15 @@ and recorded as one MLflow child run. Pure library: the orchestration lives in f
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from mera import artifacts, data
-from mera.config import FRESH_INIT, SweepConfig
+from mera.config import ConfigError, SweepConfig
+from mera.inits import Init
 from mera.tasks import TASK_VERSION, read_task
 from mera.tracking import Tracker, flatten
 
@@ -48,9 +50,37 @@ class Unit:
     def done(self, cfg: SweepConfig) -> dict | None:
         return artifacts.read_manifest(self.path(cfg))
 
+    def failure_path(self, cfg: SweepConfig) -> Path:
+        path = self.path(cfg)
+        return path.parent / ".failed" / f"{path.name}.json"
+
+    def failure(self, cfg: SweepConfig) -> dict | None:
+        """The last attempt's error when the unit failed and has not finished since."""
+        f = self.failure_path(cfg)
+        return json.loads(f.read_text()) if f.is_file() else None
+
 
 def _result(unit: Unit, cfg: SweepConfig, manifest: dict) -> dict:
     return {**manifest, "key": unit.key, "path": str(unit.path(cfg))}
+
+
+FAULT_ENV = "MERA_FAULT"  # "<unit name prefix>:<attempts>[:config]": fail those attempts (resilience tests)
+_faults: dict[str, int] = {}
+
+
+def _injected_fault(unit: Unit) -> None:
+    """Fail the first attempts of a unit on purpose when MERA_FAULT names it: a transient
+    error (retried) by default, or a config error (never retried)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    prefix, times, kind = (spec.split(":") + ["1", "transient"])[:3]
+    if not unit.readable.startswith(prefix) or _faults.get(unit.key, 0) >= int(times):
+        return
+    _faults[unit.key] = _faults.get(unit.key, 0) + 1
+    if kind == "config":
+        raise ConfigError(f"injected config error in {unit.readable} ({FAULT_ENV})")
+    raise RuntimeError(f"injected transient failure {_faults[unit.key]}/{times} in {unit.readable} ({FAULT_ENV})")
 
 
 def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, work, logged: bool = True) -> dict:
@@ -63,16 +93,25 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
     tags = {"mera.stage": unit.stage, "mera.sweep": cfg.name, **tags}
     run_ctx = tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params)) if logged \
         else nullcontext(None)
-    with run_ctx as run:
-        start = time.perf_counter()
-        with artifacts.atomic_dir(final) as tmp:
-            manifest, metrics = work(tmp)
-            manifest.update(stage=unit.stage, key=unit.key, params=unit.params, tags=tags,
-                            seconds=time.perf_counter() - start, mlflow_run_id=run.run_id if run else None)
-            artifacts.write_manifest(tmp, manifest)
-        if run is not None:
-            run.metrics({**metrics, "seconds": manifest["seconds"]})
-            run.artifacts(final)  # the adapter (adapters-library format), manifest and diagnostics
+    failure = unit.failure_path(cfg)
+    try:
+        with run_ctx as run:
+            start = time.perf_counter()
+            with artifacts.atomic_dir(final) as tmp:
+                _injected_fault(unit)
+                manifest, metrics = work(tmp)
+                manifest.update(stage=unit.stage, key=unit.key, params=unit.params, tags=tags,
+                                seconds=time.perf_counter() - start, mlflow_run_id=run.run_id if run else None)
+                artifacts.write_manifest(tmp, manifest)
+            if run is not None:
+                run.metrics({**metrics, "seconds": manifest["seconds"]})
+                run.artifacts(final)  # the adapter (adapters-library format), manifest and diagnostics
+    except Exception as exc:  # remembered for `mera status`; the exception goes on to the orchestrator
+        failure.parent.mkdir(parents=True, exist_ok=True)
+        failure.write_text(json.dumps({"unit": unit.readable, "key": unit.key, "error": f"{type(exc).__name__}: {exc}",
+                                       "at": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        raise
+    failure.unlink(missing_ok=True)
     return _result(unit, cfg, manifest)
 
 
@@ -237,103 +276,153 @@ def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[
 
 # ---- fewshot ---------------------------------------------------------------------------
 
-def fewshot_unit(cfg: SweepConfig, prep: dict, init: str, group: str | None, shots: int, seed: int,
-                 merged: dict | None = None) -> Unit:
+INIT_VERSION = 2  # bump when what an init trains changes: it enters every fine-tune's key
+
+
+def fewshot_settings(cfg: SweepConfig, init: Init) -> dict:
+    """The few-shot settings that apply to `init` (its lr, not every init's)."""
+    f = cfg.fewshot
+    settings = {"epochs": f.epochs, "min_steps": f.min_steps, "batch_size": f.batch_size, "lr": f.lr_for(init.kind),
+                "weight_decay": f.weight_decay_full if init.kind == "full" else 0.0, "init_version": INIT_VERSION}
+    if init.kind == "best-source":
+        settings["dev_k"] = f.dev_k
+    if init.kind == "fusion":
+        settings["fusion_reg"] = f.fusion_reg
+    return settings
+
+
+def fewshot_unit(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: int, seed: int,
+                 upstream: list[dict]) -> Unit:
     target = prep["task"]
-    settings = cfg.fewshot.model_dump(exclude={"targets", "inits", "shots", "seeds"})
-    readable = f"{target}.{init}" + (f".{group}" if group else "") + f".k{shots}.s{seed}"
+    readable = f"{target}.{init.name.replace(':', '-')}" + (f".{group}" if group else "") + f".k{shots}.s{seed}"
     return Unit("fewshot", readable, {
-        "target": target, "data": prep["hash"], "init": init, "group": group, "shots": shots, "seed": seed,
-        "model": cfg.model.model_dump(), "fewshot": settings, "max_eval": cfg.data.max_eval,
-        "init_key": merged["key"] if merged else None})
+        "target": target, "data": prep["hash"], "init": init.name, "group": group, "shots": shots, "seed": seed,
+        "model": cfg.model.model_dump(), "fewshot": fewshot_settings(cfg, init), "max_eval": cfg.data.max_eval,
+        "upstream": sorted(r["key"] for r in upstream)})
 
 
-def fewshot(cfg: SweepConfig, prep: dict, init: str, group: str | None, shots: int, seed: int,
-            merged: dict | None = None, parent_id: str | None = None) -> dict:
-    """Fine-tune adapter + fresh head on K examples per class; evaluate on the validation split."""
+def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: int, seed: int,
+            upstream: list[dict], parent_id: str | None = None) -> dict:
+    """Fine-tune from `init` on K examples per class; evaluate the final model on the validation split."""
     from mera.evaluate import evaluate
-    from mera.models import build_model, count_trainable, save_adapter
+    from mera.fewshot import start
+    from mera.models import ADAPTER, count_trainable, save_adapter
     from mera.train import TrainSettings, train
 
     target = prep["task"]
     f = cfg.fewshot
-    unit = fewshot_unit(cfg, prep, init, group, shots, seed, merged)
+    unit = fewshot_unit(cfg, prep, init, group, shots, seed, upstream)
+    settings = unit.params["fewshot"]
 
     def work(tmp: Path):
         spec = read_task(cfg.data_dir(), target)
-        adapter_dir = Path(merged["path"]) / ADAPTER_SUBDIR if merged else None
-        model, tok = build_model(cfg.model, spec.num_labels, adapter_dir=adapter_dir, seed=seed)
-        train_df = data.sample_k_shot(data.load_split(cfg.data_dir(), spec, "train"), shots, seed, spec.num_labels)
-        stats = train(model, tok, train_df, TrainSettings(f.epochs, f.batch_size, f.lr, cfg.model.max_length, seed,
-                                                          min_steps=f.min_steps))
+        train_split = data.load_split(cfg.data_dir(), spec, "train")
+        train_df = data.sample_k_shot(train_split, shots, seed, spec.num_labels)
+        dev_df = data.sample_dev(train_split, shots, seed, spec.num_labels, f.dev_k or shots) \
+            if init.kind == "best-source" else None
+        st = start(cfg, init, spec.num_labels, seed, upstream, train_df, dev_df)
+        stats = train(st.model, st.tokenizer, train_df,
+                      TrainSettings(f.epochs, f.batch_size, settings["lr"], cfg.model.max_length, seed,
+                                    min_steps=f.min_steps, weight_decay=settings["weight_decay"]),
+                      extra_loss=st.extra_loss)
         val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
-        metrics = {**evaluate(model, tok, val, spec.num_labels, cfg.model.max_length), **stats,
-                   "trainable_params": count_trainable(model)}
-        save_adapter(model, tmp / ADAPTER_SUBDIR, with_head=True)
-        manifest = {"target": target, "track": prep["track"], "init": init, "group": group, "shots": shots,
-                    "seed": seed, "n_train": len(train_df), "n_eval": len(val), "metrics": metrics,
-                    "single_source": bool(merged and merged.get("single_source")),
-                    "sources": merged["sources"] if merged else []}
+        metrics = {**evaluate(st.model, st.tokenizer, val, spec.num_labels, cfg.model.max_length), **stats,
+                   "trainable_params": count_trainable(st.model)}
+        if st.saves == "adapter":
+            save_adapter(st.model, tmp / ADAPTER_SUBDIR, with_head=True)
+        elif st.saves == "head":
+            st.model.save_head(str(tmp / "head"), ADAPTER)
+        sources = sorted({s for r in upstream for s in (r.get("sources") or [r["task"]])})
+        manifest = {"target": target, "track": prep["track"], "init": init.name, "init_kind": init.kind,
+                    "group": group, "shots": shots, "seed": seed, "n_train": len(train_df), "n_eval": len(val),
+                    "metrics": metrics, "sources": sources, "single_source": init.grouped and len(sources) == 1,
+                    "weights_kept": st.saves, **st.info}
         return manifest, metrics
 
-    tags = {"target": target, "init": init, "group": group or "-", "shots": shots, "seed": seed}
+    tags = {"target": target, "init": init.name, "group": group or "-", "shots": shots, "seed": seed}
     return _run_unit(cfg, unit, parent_id, tags, work)
 
 
-def fewshot_grid(cfg: SweepConfig, merges: dict[tuple[str, str, str], dict]) -> list[dict]:
-    """Every fine-tune of the sweep: target x init (x group for merged inits) x shots x seed."""
+def upstream_of(cfg: SweepConfig, init: Init, target: str, group: str | None, tracks: dict[str, str],
+                adapters: dict[str, dict], merges: dict) -> list[dict] | None:
+    """The results an init starts from; None when the cell does not exist (empty group, or
+    the target's own adapter, which would leak)."""
+    if init.kind in ("merge", "frozen"):
+        if (target, group, init.method) not in merges:
+            return None
+        return [merges[(target, group, init.method)]]
+    if init.kind == "adapter-from":
+        return None if init.arg == target else [adapters.get(init.arg)]
+    if init.kind in ("best-source", "fusion"):
+        members = group_members(target, group, tracks, cfg.pretrain.tasks)
+        return [adapters.get(m) for m in members] or None
+    return []
+
+
+def fewshot_grid(cfg: SweepConfig, tracks: dict[str, str], adapters: dict[str, dict], merges: dict) -> list[dict]:
+    """Every fine-tune of the sweep: target x init (x group for grouped inits) x shots x seed,
+    each with the upstream results it starts from."""
     grid = []
     for target in cfg.fewshot.targets:
-        for init in cfg.fewshot.inits:
-            groups = [None] if init == FRESH_INIT else [g for g in cfg.merge.groups if (target, g, init) in merges]
-            for group in groups:
+        for init in cfg.inits():
+            for group in cfg.groups_of(init):
+                upstream = upstream_of(cfg, init, target, group, tracks, adapters, merges)
+                if upstream is None:
+                    continue
                 for shots in cfg.fewshot.shots:
                     for seed in cfg.fewshot.seeds:
-                        grid.append({"target": target, "init": init, "group": group, "shots": shots, "seed": seed})
+                        grid.append({"target": target, "init": init, "group": group, "shots": shots, "seed": seed,
+                                     "upstream": upstream})
     return grid
 
 
-def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
-    """Walk the sweep's DAG through manifests alone; the results when every unit up to
-    `until` is done (and the report lists exactly these fine-tunes), else None.
+def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
+    """The sweep's DAG through manifests alone, nothing run: per stage the finished units'
+    results ("done"), the names of the units not finished ("missing"; a unit whose upstream
+    is missing is missing too), and of those the ones whose last attempt failed ("failed")."""
+    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in STAGES[:4]}
 
-    Lets a re-run of a finished sweep return at once, without starting the orchestrator.
-    """
-    from mera.report import report_keys
-
-    def done(unit: Unit) -> dict | None:
-        m = unit.done(cfg)
-        return None if m is None else _result(unit, cfg, m)
+    def check(stage: str, name: str, unit: Unit | None) -> dict | None:
+        m = unit.done(cfg) if unit is not None else None
+        if m is None:
+            out[stage]["missing"].append(name)
+            if unit is not None and (f := unit.failure(cfg)):
+                out[stage]["failed"].append(f)
+            return None
+        out[stage]["done"].append(_result(unit, cfg, m))
+        return out[stage]["done"][-1]
 
     names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
-    if any(not (cfg.data_dir() / n / "meta.json").is_file() for n in names):
-        return None
-    preps = {n: done(prepare_unit(cfg, n)) for n in names}
-    stop = STAGES.index(until)
-    if None in preps.values():
-        return None
-    out: dict = {"prepare": list(preps.values())}
-    if stop >= 1:
-        adapters = {s: done(pretrain_unit(cfg, preps[s])) for s in cfg.pretrain.tasks}
-        if None in adapters.values():
-            return None
-        out["pretrain"] = list(adapters.values())
-    if stop >= 2:
-        tracks = {n: p["track"] for n, p in preps.items()}
-        merges = {(target, group, method): done(merge_unit(cfg, target, group, method, [adapters[m] for m in members]))
-                  for target, group, method, members in merge_grid(cfg, tracks)}
-        if None in merges.values():
-            return None
-        out["merge"] = list(merges.values())
-    if stop >= 3:
-        results = []
-        for u in fewshot_grid(cfg, merges):
-            merged = None if u["init"] == FRESH_INIT else merges[(u["target"], u["group"], u["init"])]
-            results.append(done(fewshot_unit(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"],
-                                             merged)))
-        if None in results:
-            return None
-        out["fewshot"] = results
-    if stop >= 4 and report_keys(cfg) != sorted(r["key"] for r in out["fewshot"]):
-        return None
+    present = {n for n in names if (cfg.data_dir() / n / "meta.json").is_file()}
+    preps = {n: check("prepare", n, prepare_unit(cfg, n) if n in present else None) for n in names}
+    adapters = {s: check("pretrain", s, pretrain_unit(cfg, preps[s]) if preps[s] else None) for s in cfg.pretrain.tasks}
+    if None in preps.values():  # tracks unknown: later stages cannot even be listed
+        return out
+    tracks = {n: p["track"] for n, p in preps.items()}
+    merges = {}
+    for target, group, method, members in merge_grid(cfg, tracks):
+        ups = [adapters[m] for m in members]
+        unit = merge_unit(cfg, target, group, method, ups) if None not in ups else None
+        merges[(target, group, method)] = check("merge", f"{target}.{group}.{method}", unit)
+    for u in fewshot_grid(cfg, tracks, adapters, merges):
+        name = f"{u['target']}.{u['init'].name}.{u['group']}.k{u['shots']}.s{u['seed']}"
+        ok = None not in u["upstream"]
+        unit = fewshot_unit(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"], u["upstream"]) \
+            if ok else None
+        check("fewshot", name, unit)
     return out
+
+
+def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
+    """The results of every unit up to `until` when all are done (and, for "report", the
+    report lists exactly these fine-tunes), else None. Lets a re-run of a finished sweep
+    return at once, without starting the orchestrator."""
+    from mera.report import report_keys
+
+    stages = STAGES[: STAGES.index(until) + 1]
+    state = walk(cfg)
+    if any(state[s]["missing"] for s in stages if s in state):
+        return None
+    if until == "report" and report_keys(cfg) != sorted(r["key"] for r in state["fewshot"]["done"]):
+        return None
+    return {s: state[s]["done"] for s in stages if s in state}

@@ -7,6 +7,7 @@ JSON dicts (paths, keys, metrics), never models, so caching and cluster workers 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import task
@@ -16,6 +17,12 @@ from mera.config import SweepConfig
 
 
 def _cfg(config: dict) -> SweepConfig:
+    threads = os.environ.get("MERA_TORCH_THREADS")
+    if threads:  # a worker process of the process runner: workers x threads = cores
+        import torch
+
+        if torch.get_num_threads() != int(threads):
+            torch.set_num_threads(int(threads))
     return SweepConfig.model_validate(config)
 
 
@@ -43,7 +50,18 @@ def _manifest_key(builder):
     return cache_key
 
 
-_COMMON = dict(persist_result=True, result_serializer="json")
+def _transient(_task, _run, state) -> bool:
+    """Retry a unit only for transient failures: never for a user's mistake (config, data,
+    adapter, merge parameters), which would fail the same way again."""
+    from flows.cli import user_errors
+
+    exc = getattr(state, "data", None)
+    return not isinstance(exc, user_errors())
+
+
+# a unit is retried twice on a transient failure (a worker lost, a store briefly locked, ...)
+_COMMON = dict(persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2,
+               retry_condition_fn=_transient)
 
 
 @task(name="import-data", retries=1, retry_delay_seconds=5)
@@ -68,15 +86,21 @@ def merge(config: dict, target: str, group: str, method: str, members: list[dict
     return units.merge(_cfg(config), target, group, method, members, parent_id)
 
 
+def _fewshot_unit(cfg: SweepConfig, prep: dict, init: str, **kw) -> units.Unit:
+    return units.fewshot_unit(cfg, prep, cfg.init(init), **kw)
+
+
 @task(name="fewshot", task_run_name="fewshot-{prep[task]}-{init}-{group}-k{shots}-s{seed}",
-      cache_key_fn=_manifest_key(units.fewshot_unit), **_COMMON)
+      cache_key_fn=_manifest_key(_fewshot_unit), **_COMMON)
 def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, seed: int,
-            merged: dict | None = None, parent_id: str | None = None) -> dict:
-    return units.fewshot(_cfg(config), prep, init, group, shots, seed, merged, parent_id)
+            upstream: list[dict], parent_id: str | None = None) -> dict:
+    cfg = _cfg(config)
+    return units.fewshot(cfg, prep, cfg.init(init), group, shots, seed, upstream, parent_id)
 
 
 @task(name="report")
-def report(config: dict, results: list[dict], timings: dict, merges: list[dict] | None = None) -> str:
+def report(config: dict, results: list[dict], timings: dict, merges: list[dict] | None = None,
+           failures: list[dict] | None = None) -> str:
     from mera.report import write_report
 
-    return str(write_report(_cfg(config), results, timings, merges))
+    return str(write_report(_cfg(config), results, timings, merges, failures))

@@ -1,0 +1,151 @@
+"""Every init of the benchmark trains and evaluates on a tiny sweep (the library's units,
+called directly: the Prefect flow around them is covered by test_flow)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from mera import data, units
+from mera.config import load_config
+from tests.conftest import REPO
+
+INITS = ["head", "full", "adapter", "adapter-from:imdb", "best-source", "fusion", "mera-avg", "frozen:mera-avg"]
+
+
+def tiny(root, shared_data):
+    return load_config(REPO / "configs" / "smoke.yaml", {
+        "paths.root": str(root), "data.source": str(shared_data), "data.max_eval": 16, "model.max_length": 32,
+        "pretrain.tasks": ["imdb", "mr", "qnli"], "pretrain.max_examples": 16, "merge.groups": ["same-track", "cross-track"],
+        "merge.methods": ["mera-avg"], "merge.params": {}, "fewshot.targets": ["sst2"], "fewshot.inits": INITS,
+        "fewshot.shots": [2], "fewshot.seeds": [13], "fewshot.epochs": 1, "fewshot.min_steps": 2})
+
+
+@pytest.fixture(scope="module")
+def sweep(shared_data, tmp_path_factory):
+    """Sources imdb, mr (sentiment) and qnli (nli) pretrained and merged for target sst2."""
+    cfg = tiny(tmp_path_factory.mktemp("inits"), shared_data)
+    units.import_data(cfg)
+    preps = {t: units.prepare(cfg, t) for t in ["imdb", "mr", "qnli", "sst2"]}
+    adapters = {t: units.pretrain(cfg, preps[t]) for t in cfg.pretrain.tasks}
+    tracks = {t: p["track"] for t, p in preps.items()}
+    merges = {(t, g, m): units.merge(cfg, t, g, m, [adapters[s] for s in members])
+              for t, g, m, members in units.merge_grid(cfg, tracks)}
+    grid = units.fewshot_grid(cfg, tracks, adapters, merges)
+    results = {(u["init"].name, u["group"]): units.fewshot(cfg, preps["sst2"], u["init"], u["group"], 2, 13,
+                                                           u["upstream"]) for u in grid}
+    return cfg, preps, adapters, results
+
+
+def test_every_init_trains_and_evaluates(sweep):
+    cfg, _, _, results = sweep
+    assert {name for name, _ in results} == set(INITS)
+    head_only = results[("head", None)]["metrics"]["trainable_params"]
+    assert head_only == 384 * 384 + 384 + 384 * 2 + 2  # the classification head: dense + output layer
+    for (name, group), r in results.items():
+        m = r["metrics"]
+        assert 0.0 <= m["accuracy"] <= 1.0 and m["steps"] >= 2 and r["n_eval"] == 16, name
+        trainable = m["trainable_params"]
+        if name in ("head", "frozen:mera-avg"):
+            assert trainable == head_only, name
+        elif name == "full":
+            assert trainable > 20_000_000
+        elif name == "fusion":
+            assert trainable > head_only + 6 * 384 * 384  # Q, K, V per layer
+        else:  # one Pfeiffer adapter (6 modules x (2 x 384 x 24 + 24 + 384)) + head
+            assert trainable == head_only + 6 * (2 * 384 * 24 + 24 + 384), name
+    # grouped inits exist per group; the cross-track group of sst2 is qnli alone: single-source
+    assert results[("mera-avg", "cross-track")]["single_source"]
+    assert results[("mera-avg", "same-track")]["sources"] == ["imdb", "mr"]
+    assert results[("adapter-from:imdb", None)]["sources"] == ["imdb"]
+    assert results[("fusion", "same-track")]["fused"] == ["imdb", "mr"]
+
+
+def test_adapterfusion_really_fuses(sweep):
+    """Training moves the fusion layers (query, key, value) and nothing of the fused adapters."""
+    from mera.fewshot import fusion, fusion_values
+    from mera.train import TrainSettings, train
+
+    cfg, preps, adapters, _ = sweep
+    members = [adapters["imdb"], adapters["mr"]]
+    st = fusion(cfg, 2, 13, members)
+    fused = {n: p.detach().clone() for n, p in st.model.named_parameters() if "adapter_fusion_layer" in n}
+    frozen = {n: p.detach().clone() for n, p in st.model.named_parameters() if ".adapters." in n and "fusion" not in n}
+    assert fused and frozen and all(not p.requires_grad for n, p in st.model.named_parameters() if n in frozen)
+    assert st.extra_loss().item() == pytest.approx(0.0, abs=1e-3)  # V starts at the identity
+    spec_df = data.sample_k_shot(data.load_split(cfg.data_dir(), _spec(cfg, "sst2"), "train"), 4, 13, 2)
+    train(st.model, st.tokenizer, spec_df, TrainSettings(2, 4, 5e-3, 32, 13), extra_loss=st.extra_loss)
+    after = dict(st.model.named_parameters())
+    moved = [n for n in fused if not torch.equal(after[n], fused[n])]
+    assert any(".query." in n for n in moved) and any(".key." in n for n in moved) and any(".value." in n for n in moved)
+    assert all(torch.equal(after[n], frozen[n]) for n in frozen)
+    assert st.extra_loss().item() > 0  # V has left the identity, and the regulariser sees it
+    assert len(fusion_values(st.model)) == 6
+
+
+def _spec(cfg, task):
+    from mera.tasks import read_task
+
+    return read_task(cfg.data_dir(), task)
+
+
+def test_best_source_never_reads_the_validation_split(sweep, tmp_path):
+    """The choice and its dev scores are the same when sst2's validation split is replaced by
+    other rows with other labels; the dev sample is disjoint from the training sample."""
+    cfg, preps, adapters, results = sweep
+    chosen = results[("best-source", "same-track")]
+    assert chosen["chosen_source"] in ("imdb", "mr") and set(chosen["dev_scores"]) == {"imdb", "mr"}
+    spec = _spec(cfg, "sst2")
+    split = data.load_split(cfg.data_dir(), spec, "train")
+    train_df = data.sample_k_shot(split, 2, 13, 2)
+    dev_df = data.sample_dev(split, 2, 13, 2, 2)
+    assert len(dev_df) == 4 and not set(dev_df["sentence1"]) & set(train_df["sentence1"])
+
+    other = tiny(tmp_path, cfg.data.source)
+    shutil.copytree(cfg.data_dir(), other.data_dir())
+    val = other.data_dir() / "sst2" / "validation.parquet"
+    swapped = data.load_split(cfg.data_dir(), spec, "train").tail(40).copy()
+    swapped["label"] = 1 - swapped["label"]
+    swapped.reset_index(drop=True).to_parquet(val)
+    prep = units.prepare(other, "sst2")
+    upstream = [adapters["imdb"], adapters["mr"]]
+    again = units.fewshot(other, prep, other.init("best-source"), "same-track", 2, 13, upstream)
+    assert again["chosen_source"] == chosen["chosen_source"] and again["dev_scores"] == chosen["dev_scores"]
+    assert again["key"] != chosen["key"]  # other data: a unit of its own, really re-run
+
+
+def test_report_has_every_section_and_a_self_contained_html_page(sweep):
+    from html.parser import HTMLParser
+
+    from mera.report import write_report
+
+    cfg, _, _, results = sweep
+    report = write_report(cfg, list(results.values()), {"fewshot": 1.0}, [])
+    text = report.read_text()
+    for section in ("## Accuracy", "## (a) OT merges vs naive merges", "## (b) Same-track vs cross-track",
+                    "## (c) MerA vs the baselines", "## Published reference numbers", "| SST-2 | 85.17"):
+        assert section in text
+    assert "| mera-avg [same-track] | mera-avg [cross-track] | 1 |" in text  # one (target, K, seed) pair
+    html = (report.parent / "report.html").read_text()
+    sources = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            sources.extend(v for k, v in attrs if k in ("src", "href"))
+
+    Collect().feed(html)
+    assert sources and all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in sources)
+    assert "<table>" in html
+
+
+def test_unknown_inits_and_init_groups_fail_with_the_accepted_names(shared_data):
+    from mera.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown init 'fussion'; did you mean 'fusion'"):
+        load_config(REPO / "configs" / "smoke.yaml", {"fewshot.inits": ["fussion"]})
+    with pytest.raises(ConfigError, match="adapter-from:imdb"):
+        load_config(REPO / "configs" / "smoke.yaml", {"fewshot.inits": ["adapter-from:imbd"]})
+    with pytest.raises(ConfigError, match="init_groups.*'adapter' is not a grouped init"):
+        load_config(REPO / "configs" / "smoke.yaml", {"fewshot.init_groups": {"adapter": ["all"]}})

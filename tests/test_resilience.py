@@ -1,0 +1,148 @@
+"""Sweeps that survive: SIGKILL mid-sweep, deleted and corrupted artifacts, transient and
+permanent unit failures. Each step drives the real CLI (Prefect's ephemeral server, MLflow
+SQLite, manifests) on one tiny sweep, in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+class Sweep:
+    def __init__(self, root: Path, shared_data: Path):
+        self.root = root
+        cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+        cfg["data"].update(source=str(shared_data), max_eval=24)
+        cfg["model"]["max_length"] = 32
+        cfg["pretrain"].update(tasks=["imdb", "mr", "qnli"], max_examples=32)
+        cfg["merge"].update(groups=["all"], methods=["mera-avg"], params={})
+        cfg["fewshot"].update(targets=["sst2", "rte"], inits=["adapter", "mera-avg"], shots=[4], seeds=[13, 21, 42],
+                              epochs=2, min_steps=6)
+        (root / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(self, extra_env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml"], cwd=self.root,
+                              env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=900, **kw)
+
+    def unit_dirs(self, stage: str = "fewshot") -> dict[str, Path]:
+        return {p.parent.name: p.parent for p in (self.root / "artifacts" / stage).glob("*/manifest.json")}
+
+    def runs(self) -> list[tuple[str, str, str]]:
+        """(mera.key, status, mera.attempt) of every unit run in MLflow."""
+        with sqlite3.connect(self.root / "mlruns" / "mlflow.db") as con:
+            rows = con.execute(
+                "select k.value, r.status, a.value from runs r join tags k on k.run_uuid = r.run_uuid and k.key = "
+                "'mera.key' left join tags a on a.run_uuid = r.run_uuid and a.key = 'mera.attempt' "
+                "join tags s on s.run_uuid = r.run_uuid and s.key = 'mera.stage' where s.value != 'sweep'").fetchall()
+        return rows
+
+
+N_FEWSHOT = 2 * 2 * 3  # targets x inits x seeds
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, shared_data):
+    return Sweep(tmp_path_factory.mktemp("resilience"), shared_data)
+
+
+def _key(unit_dir: Path) -> str:
+    return json.loads((unit_dir / "manifest.json").read_text())["key"]
+
+
+def test_1_sigkill_during_fewshot_then_resume(sweep):
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml"], cwd=sweep.root,
+                            env=sweep.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(sweep.unit_dirs()) < 2:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = set(sweep.unit_dirs())
+    assert 2 <= len(done_before) < N_FEWSHOT, "the kill should land during the fewshot stage"
+    finished_before = {k for k, status, _ in sweep.runs() if status == "FINISHED"}
+
+    again = sweep.run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = sweep.unit_dirs()
+    assert len(after) == N_FEWSHOT
+    assert not list((sweep.root / "artifacts").glob("*/.tmp-*"))  # a killed attempt's temp dir is gone, not "done"
+    runs = sweep.runs()
+    finished = [k for k, status, _ in runs if status == "FINISHED"]
+    assert len(finished) == len(set(finished))  # no duplicate MLflow run for any unit
+    new = set(finished) - finished_before
+    assert new == {_key(after[n]) for n in set(after) - done_before}  # only the units without a manifest ran
+    assert "RUNNING" not in {status for _, status, _ in runs}  # the attempts the kill cut short are KILLED
+
+
+def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
+    dirs = sweep.unit_dirs()
+    names = sorted(dirs)
+    deleted, corrupted = dirs[names[0]], dirs[names[1]]
+    before = {n: (d / "manifest.json").stat().st_mtime_ns for n, d in dirs.items()}
+    (deleted / "adapter" / "pytorch_adapter.bin").unlink()
+    weights = corrupted / "adapter" / "pytorch_adapter.bin"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # one byte changed, same size
+    weights.write_bytes(bytes(blob))
+    runs_before = len(sweep.runs())
+
+    again = sweep.run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = {n: (d / "manifest.json").stat().st_mtime_ns for n, d in sweep.unit_dirs().items()}
+    assert {n for n in after if after[n] != before[n]} == {deleted.name, corrupted.name}
+    assert len(sweep.runs()) == runs_before + 2
+
+
+def test_3_a_transient_failure_is_retried_and_succeeds(sweep):
+    target = sorted(sweep.unit_dirs())[2]
+    key = _key(sweep.unit_dirs()[target])
+    shutil.rmtree(sweep.unit_dirs()[target])
+    prefix = target.rsplit("-", 1)[0]
+    earlier = len([r for r in sweep.runs() if r[0] == key])
+    again = sweep.run({"MERA_FAULT": f"{prefix}:1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    attempts = sorted((int(a), status) for k, status, a in sweep.runs() if k == key)
+    assert attempts[earlier:] == [(earlier + 1, "FAILED"), (earlier + 2, "FINISHED")]  # retried once, then done
+
+
+def test_4_a_config_error_is_not_retried_and_the_sweep_goes_on(sweep):
+    target = sorted(sweep.unit_dirs())[3]
+    key = _key(sweep.unit_dirs()[target])
+    shutil.rmtree(sweep.unit_dirs()[target])
+    prefix = target.rsplit("-", 1)[0]
+    runs_before = sorted(int(a) for k, _, a in sweep.runs() if k == key)
+    again = sweep.run({"MERA_FAULT": f"{prefix}:5:config"})
+    assert again.returncode == 1
+    assert "1 unit(s) failed" in again.stderr and "injected config error" in again.stderr
+    assert "Traceback" not in again.stderr
+    new = sorted((int(a), status) for k, status, a in sweep.runs() if k == key)[len(runs_before):]
+    assert [status for _, status in new] == ["FAILED"]  # one attempt: a user's mistake is not retried
+    report = (sweep.root / "reports" / "smoke" / "report.md").read_text()
+    assert "1 failed: ConfigError: injected config error" in report
+    metrics = json.loads((sweep.root / "results" / "metrics.json").read_text())
+    assert len(metrics["failed"]) == 1 and len(metrics["units"]) == N_FEWSHOT - 1
+
+    status = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--config", "sweep.yaml"], cwd=sweep.root,
+                            env=sweep.env, capture_output=True, text=True, timeout=300)
+    fewshot_line = next(ln for ln in status.stdout.splitlines() if ln.strip().startswith("fewshot"))
+    assert fewshot_line.split()[1:] == [str(N_FEWSHOT - 1), "done", "1", "missing", "1", "failed"]
+    assert "injected config error" in status.stdout
+
+    healed = sweep.run()  # the mistake fixed (no fault any more): the same command completes it
+    assert healed.returncode == 0, healed.stderr[-3000:]
+    assert len(sweep.unit_dirs()) == N_FEWSHOT
