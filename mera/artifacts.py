@@ -64,6 +64,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temp dir; on success it becomes `final`, on error it is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):  # a killed attempt's leftovers (the sweep lock
+        shutil.rmtree(stale, ignore_errors=True)  # keeps a concurrent writer of the same unit out)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield tmp
