@@ -26,7 +26,7 @@ def writable(path: Path, key: str) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"paths.{key} {str(path)!r} is not writable ({exc.strerror}); "
-                          "set paths.root or paths.{key} to a directory you can write") from None
+                          f"set paths.root or paths.{key} to a directory you can write") from None
 
 
 def check_paths(cfg: SweepConfig) -> None:
