@@ -151,12 +151,9 @@ def _source_info(adapter_dir: Path) -> tuple[str, int | None]:
 def cmd_merge(args) -> int:
     import json
 
-    import pandas as pd
-
-    from mera import data
     from mera.artifacts import atomic_dir
     from mera.config import ModelConfig
-    from mera.merge import MergeError, get_method, merge, validate
+    from mera.merge import MergeError, get_method, mean_costs, merge, validate
     from mera.models import read_adapter, write_adapter
 
     params = dict(parse_override(p) for p in args.param or [])
@@ -178,21 +175,10 @@ def cmd_merge(args) -> int:
         names = [f"{n}#{i}" for i, n in enumerate(names)]
     acts = None
     if get_method(args.method).align == "ot-acts" and len(dirs) > 1:
-        from mera.calibrate import Activations
-        from mera.models import build_model
-        from mera.tasks import read_task
-        from mera.units import CALIB_DEFAULTS, CALIB_SEED
+        from mera.calibrate import from_tasks
 
-        tasks = args.calib or [n for n, _ in info]
-        data_dir = Path(args.data_dir)
-        n = int(params.get("calib_examples", CALIB_DEFAULTS["calib_examples"]))
-        texts = pd.concat([data.cap(data.load_split(data_dir, read_task(data_dir, t), "train"), n, seed=CALIB_SEED)
-                           for t in tasks], ignore_index=True)
-        model_cfg = ModelConfig(name=args.model)
-        model, tok = build_model(model_cfg, 2, adapter_dir=dirs[0])
-        acts = Activations(model, tok, texts, model_cfg.max_length,
-                           int(params.get("max_tokens", CALIB_DEFAULTS["max_tokens"])),
-                           params.get("point", CALIB_DEFAULTS["point"]), seed=CALIB_SEED)
+        acts = from_tasks(ModelConfig(name=args.model), dirs[0], args.data_dir, args.calib or [n for n, _ in info],
+                          params)
     merged, diag = merge(args.method, [st for _, st in read], activations=acts, names=names,
                          sizes=sizes if None not in sizes else None, **params)
     out = Path(args.out)
@@ -201,13 +187,10 @@ def cmd_merge(args) -> int:
     with atomic_dir(out) as tmp:
         write_adapter(tmp, read[0][0], merged)
         (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1))
-    align = diag.get("alignment")
-    extra = ""
-    if align:
-        before = [c for e in align["modules"].values() for c in e["cost_before"]]
-        after = [c for e in align["modules"].values() for c in e["cost_after"]]
-        extra = (f"; anchor {names[align['anchor']]}, mean unit cost {sum(before) / len(before):.4f} -> "
-                 f"{sum(after) / len(after):.4f}")
+    costs, extra = mean_costs(diag), ""
+    if costs:
+        extra = (f"; anchor {names[diag['alignment']['anchor']]}, mean unit cost {costs['cost_before']:.4f} -> "
+                 f"{costs['cost_after']:.4f}")
     print(f"merged {len(dirs)} adapter(s) with {args.method} into {out}{extra}")
     return 0
 

@@ -82,3 +82,24 @@ class Activations:
             for h in handles:
                 h.remove()
         return {p: torch.cat(v)[self.positions].double() for p, v in seen.items()}
+
+
+DEFAULTS = {"point": "pre", "calib": "sources", "calib_examples": 32, "max_tokens": 4096}
+SEED = 0  # calibration never depends on the few-shot seed: one merge serves every seed
+
+
+def from_tasks(model_cfg, anchor_dir, data_dir, tasks: list[str], params: dict) -> Activations:
+    """Activations over `calib_examples` training inputs of each task (fixed seed), in a model
+    holding the anchor's adapter (kind and size); `params` are the merge's calibration knobs."""
+    from pathlib import Path
+
+    from mera import data
+    from mera.models import build_model
+    from mera.tasks import read_task
+
+    c = {**DEFAULTS, **{k: params[k] for k in DEFAULTS if k in params}}
+    data_dir = Path(data_dir)
+    texts = pd.concat([data.cap(data.load_split(data_dir, read_task(data_dir, t), "train"), int(c["calib_examples"]),
+                                seed=SEED) for t in tasks], ignore_index=True)
+    model, tok = build_model(model_cfg, 2, adapter_dir=anchor_dir)
+    return Activations(model, tok, texts, model_cfg.max_length, int(c["max_tokens"]), c["point"], seed=SEED)

@@ -211,34 +211,20 @@ def merge_unit(cfg: SweepConfig, target: str, group: str, method: str, members: 
         "merge_params": cfg.merge.params.get(method, {}), "members": sorted(r["key"] for r in members)})
 
 
-CALIB_DEFAULTS = {"point": "pre", "calib": "sources", "calib_examples": 32, "max_tokens": 4096}
-CALIB_SOURCES = ("sources", "target")
-CALIB_SEED = 0  # calibration never depends on the few-shot seed: one merge serves every seed
-
-
 def calibration(cfg: SweepConfig, target: str, sources: list[str], anchor_dir: Path, params: dict):
-    """The activations callable for ot-acts merges: `calib_examples` training inputs from each
-    source task of the group (default), or from the target's training split (`calib: target`;
-    inputs only, drawn with a fixed seed, so the merge stays keyed by target x group x method)."""
-    import pandas as pd
+    """The activations callable for ot-acts merges: training inputs from each source task of
+    the group (default), or from the target's training split (`calib: target`; inputs only,
+    drawn with a fixed seed, so the merge stays keyed by target x group x method)."""
+    from mera.calibrate import from_tasks
 
-    from mera.calibrate import Activations
-    from mera.models import build_model
-
-    c = {**CALIB_DEFAULTS, **{k: params[k] for k in CALIB_DEFAULTS if k in params}}
-    if c["calib"] not in CALIB_SOURCES:
-        raise ValueError(f"calib {c['calib']!r} is not one of: {', '.join(CALIB_SOURCES)}")
-    tasks = sources if c["calib"] == "sources" else [target]
-    texts = pd.concat([data.cap(data.load_split(cfg.data_dir(), read_task(cfg.data_dir(), t), "train"),
-                                int(c["calib_examples"]), seed=CALIB_SEED) for t in tasks], ignore_index=True)
-    model, tok = build_model(cfg.model, 2, adapter_dir=anchor_dir)
-    return Activations(model, tok, texts, cfg.model.max_length, int(c["max_tokens"]), c["point"], seed=CALIB_SEED)
+    tasks = sources if params.get("calib", "sources") == "sources" else [target]
+    return from_tasks(cfg.model, anchor_dir, cfg.data_dir(), tasks, params)
 
 
 def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[dict],
           parent_id: str | None = None) -> dict:
     """Fuse the group's adapters into one with the named method; saved in the adapters format."""
-    from mera.merge import get_method, resolve_anchor
+    from mera.merge import get_method, mean_costs, resolve_anchor
 
     params = dict(cfg.merge.params.get(method, {}))
     members = sorted(members, key=lambda r: r["task"])
@@ -260,12 +246,8 @@ def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[
                                     **params)
         write_adapter(tmp / ADAPTER_SUBDIR, read[0][0], merged)
         (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1))
-        metrics = {"n_sources": len(members)}
+        metrics = {"n_sources": len(members), **mean_costs(diag)}
         align = diag.get("alignment")
-        if align:
-            before = [c for e in align["modules"].values() for c in e["cost_before"]]
-            after = [c for e in align["modules"].values() for c in e["cost_after"]]
-            metrics.update(cost_before=sum(before) / len(before), cost_after=sum(after) / len(after))
         chosen = align["anchor_name"] if align else (names[anchor] if isinstance(anchor, int) else None)
         manifest = {"target": target, "group": group, "method": method, "sources": names, "anchor": chosen,
                     "single_source": len(members) == 1, "metrics": metrics}

@@ -176,6 +176,17 @@ def merge(
         raise MergeError(f"{name}: {exc}") from None
 
 
+def mean_costs(diag: dict) -> dict[str, float]:
+    """Mean matched unit cost over all modules and adapters, before and after alignment
+    ({} for an unaligned merge)."""
+    align = diag.get("alignment")
+    if not align:
+        return {}
+    before = [c for e in align["modules"].values() for c in e["cost_before"]]
+    after = [c for e in align["modules"].values() for c in e["cost_after"]]
+    return {"cost_before": sum(before) / len(before), "cost_after": sum(after) / len(after)}
+
+
 def _aligned_merge(method: MergeMethod, states: list[State], kind: str, activations, names, sizes, reduce_kw: dict,
                    anchor="largest", iterations: int = 1, **ot_kw) -> tuple[State, dict]:
     """Align all to an anchor, reduce; then `iterations - 1` times re-align all to the merge and reduce again."""
