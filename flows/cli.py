@@ -25,12 +25,9 @@ from mera.config import BUNDLED_MODEL, ConfigError, load_config, parse_override
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from mera.artifacts import SweepBusy
-    from mera.merge import MergeError
-    from mera.models import ModelError
-    from mera.tasks import TaskError
+    from mera.preflight import user_errors as errors  # pandas and torch only when something went wrong
 
-    return (ConfigError, TaskError, ModelError, MergeError, SweepBusy)
+    return errors()
 
 
 def _load(args) -> "object":

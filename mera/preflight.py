@@ -18,6 +18,15 @@ from mera.tasks import TaskError, read_task
 OUTPUTS = ("artifacts", "prefect_home", "reports", "results")
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """The error types of a user's mistake: printed as one line by the CLI, never retried."""
+    from mera.artifacts import SweepBusy
+    from mera.merge import MergeError
+    from mera.models import ModelError
+
+    return (ConfigError, TaskError, ModelError, MergeError, SweepBusy)
+
+
 def writable(path: Path, key: str) -> None:
     """Create `path` and prove a file can be written in it."""
     try:

@@ -53,7 +53,7 @@ def _manifest_key(builder):
 def _transient(_task, _run, state) -> bool:
     """Retry a unit only for transient failures: never for a user's mistake (config, data,
     adapter, merge parameters), which would fail the same way again."""
-    from flows.cli import user_errors
+    from mera.preflight import user_errors
 
     exc = getattr(state, "data", None)
     return not isinstance(exc, user_errors())
