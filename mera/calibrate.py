@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from mera.models import ADAPTER, set_adapter_state
-from mera.train import collate, encode, length_batches
+from mera.tokens import encode
+from mera.train import length_batches
 
 POINTS = ("pre", "post")
 State = dict[str, torch.Tensor]
@@ -51,8 +52,8 @@ class Activations:
             raise ValueError("no calibration examples")
         self.model, self.point = model, point
         items = encode(tokenizer, texts, max_length)
-        self.batches = [collate([items[i] for i in idx], tokenizer.pad_token_id)
-                        for idx in length_batches([len(it["input_ids"]) for it in items], batch_size, rng=None)]
+        self.batches = [items.batch(idx, tokenizer.pad_token_id)
+                        for idx in length_batches(items.lengths, batch_size, rng=None)]
         mask = torch.cat([b["attention_mask"].flatten() for b in self.batches]).bool()
         positions = mask.nonzero().squeeze(1)
         if len(positions) > max_tokens:

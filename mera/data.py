@@ -80,9 +80,10 @@ def _k_per_class(df: pd.DataFrame, k: int, seed: int, num_labels: int, what: str
 def sample_k_shot(df: pd.DataFrame, k: int, seed: int, num_labels: int) -> pd.DataFrame:
     """Exactly `k` examples of every class, drawn with `seed` (same seed -> same sample).
 
-    Draws from the train split only, so it can never overlap the validation split.
+    Draws from the train split only, so it can never overlap the validation split. The
+    index keeps each row's position in `df` (a split's cached tokens are subset by it).
     """
-    return _k_per_class(df, k, seed, num_labels, "").reset_index(drop=True)
+    return _k_per_class(df, k, seed, num_labels, "")
 
 
 def sample_dev(df: pd.DataFrame, k: int, seed: int, num_labels: int, dev_k: int) -> pd.DataFrame:
@@ -94,10 +95,11 @@ def sample_dev(df: pd.DataFrame, k: int, seed: int, num_labels: int, dev_k: int)
 
 
 def cap(df: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
-    """A seeded subsample of at most `limit` rows (None = all)."""
+    """A seeded subsample of at most `limit` rows (None = all); the index keeps each row's
+    position in `df`."""
     if limit is None or len(df) <= limit:
         return df
-    return df.sample(n=limit, random_state=seed).reset_index(drop=True)
+    return df.sample(n=limit, random_state=seed)
 
 
 def _copy_task(src: Path, dst_root: Path, name: str) -> None:

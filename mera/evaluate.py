@@ -6,20 +6,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mera.train import collate, encode, length_batches
+from mera.tokens import Encoded, encode
+from mera.train import autocast, length_batches
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Logits for every row of df, in df's order."""
-    items = encode(tokenizer, df, max_length)
+def predict(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64, *,
+            items: Encoded | None = None, device: str = "cpu", bf16: bool = False) -> np.ndarray:
+    """Logits (fp32) for every row of df, in df's order; `items` are df's rows already tokenised."""
+    items = encode(tokenizer, df, max_length) if items is None else items
+    model.to(device)
     model.eval()
-    out = np.zeros((len(items), 0), dtype=np.float32)
-    for idx in length_batches([len(it["input_ids"]) for it in items], batch_size, rng=None):
-        logits = model(**collate([items[i] for i in idx], tokenizer.pad_token_id)).logits.float().numpy()
-        if out.shape[1] == 0:
-            out = np.zeros((len(items), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
+    chunks, order = [], []
+    for idx in length_batches(items.lengths, batch_size, rng=None):
+        batch = {k: v.to(device, non_blocking=True) for k, v in items.batch(idx, tokenizer.pad_token_id).items()}
+        with autocast(device, bf16):
+            chunks.append(model(**batch).logits.float())  # stays on the device until the end
+        order += idx
+    logits = torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+    out = np.empty_like(logits)
+    out[order] = logits
     return out
 
 
@@ -33,6 +39,7 @@ def scores(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> dict[str, 
     return {"accuracy": float(np.mean(preds == labels)), "macro_f1": float(np.mean(f1s))}
 
 
-def evaluate(model, tokenizer, df: pd.DataFrame, num_labels: int, max_length: int) -> dict[str, float]:
-    logits = predict(model, tokenizer, df, max_length)
+def evaluate(model, tokenizer, df: pd.DataFrame, num_labels: int, max_length: int, **kw) -> dict[str, float]:
+    """Accuracy and macro-F1 of the model on df; `kw` as for predict (items, device, bf16, batch_size)."""
+    logits = predict(model, tokenizer, df, max_length, **kw)
     return scores(df["label"].to_numpy(), logits.argmax(axis=1), num_labels)

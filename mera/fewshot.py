@@ -86,7 +86,7 @@ def fusion(cfg: SweepConfig, num_labels: int, seed: int, members: list[dict]) ->
     weight = cfg.fewshot.fusion_reg
 
     def regulariser() -> torch.Tensor:
-        return sum(((torch.eye(v.shape[0]) - v) ** 2).sum() for v in fusion_values(model)) * weight
+        return sum(((torch.eye(v.shape[0], device=v.device) - v) ** 2).sum() for v in fusion_values(model)) * weight
 
     return Start(model, tok, extra_loss=regulariser if weight else None, info={"fused": names}, saves="none")
 
@@ -99,13 +99,13 @@ def fusion_values(model) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def _cls_features(model, tok, df: pd.DataFrame, max_length: int) -> torch.Tensor:
-    from mera.train import collate, encode
+    from mera.tokens import encode
 
     items = encode(tok, df, max_length)
     feats = []
     model.eval()
     for i in range(0, len(items), 32):
-        batch = collate(items[i:i + 32], tok.pad_token_id)
+        batch = items.batch(range(i, min(i + 32, len(items))), tok.pad_token_id)
         out = model.base_model(**batch)
         feats.append(out[0][:, 0])  # the [CLS] hidden state of the last layer
     return torch.cat(feats).float()

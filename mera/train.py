@@ -1,20 +1,27 @@
-"""One training loop for every init: AdamW, linear decay with warmup, clipping, fp32.
+"""One training loop for every init: AdamW, linear decay with warmup, clipping.
 
 Batches are padded to their longest member and bucketed by length: most sentences are
-far shorter than max_length, and that is where CPU time goes.
+far shorter than max_length, and that is where CPU time goes. Rows come tokenised
+(mera.tokens, cached per task). The loop never waits on the device: losses stay on it
+until the end. On CUDA it runs under bf16 autocast when asked (`run.precision`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+from mera.config import ConfigError
+from mera.tokens import Encoded, encode
 
 
 @dataclass(frozen=True)
@@ -28,27 +35,40 @@ class TrainSettings:
     weight_decay: float = 0.0
     warmup: float = 0.06
     clip: float = 1.0
+    device: str = "cpu"
+    bf16: bool = False
 
 
-def encode(tokenizer, df: pd.DataFrame, max_length: int) -> list[dict[str, list[int]]]:
-    first = df["sentence1"].astype(str).tolist()
-    second = df["sentence2"].tolist()
-    if all(s is None or (isinstance(s, float) and math.isnan(s)) for s in second):
-        enc = tokenizer(first, truncation=True, max_length=max_length)
-    else:
-        enc = tokenizer(first, ["" if s is None else str(s) for s in second], truncation="longest_first",
-                        max_length=max_length)
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
-    return [{k: enc[k][i] for k in keys} for i in range(len(first))]
+@dataclass(frozen=True)
+class Runtime:
+    """Where units run: the device, bf16 autocast or not, the evaluation batch size."""
+
+    device: str = "cpu"
+    bf16: bool = False
+    eval_batch_size: int = 64
+
+    @classmethod
+    def of(cls, device: str = "auto", precision: str = "auto", eval_batch_size: int | None = None) -> Runtime:
+        """Resolve `run.device` / `run.precision` (auto: CUDA and bf16 when a GPU is seen)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("run.device is 'cuda' but torch sees no CUDA GPU; accepted here: auto, cpu")
+        if precision == "bf16" and device != "cuda":
+            raise ConfigError("run.precision 'bf16' is for CUDA (autocast); accepted on the CPU: auto, fp32")
+        bf16 = device == "cuda" and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
+        return cls(device, bf16, eval_batch_size or (512 if device == "cuda" else 64))
+
+    def describe(self) -> dict:
+        name = torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
+        return {"device": self.device, "device_name": name, "precision": "bf16" if self.bf16 else "fp32"}
 
 
-def collate(items: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(it["input_ids"]) for it in items)
-    out = {}
-    for key in items[0]:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
-    return out
+def autocast(device: str, bf16: bool):
+    """bf16 autocast on CUDA when asked; fp32 otherwise."""
+    if bf16 and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def length_batches(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
@@ -68,12 +88,17 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random | Non
 
 
 def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings,
-          extra_loss: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
+          extra_loss: Callable[[], torch.Tensor] | None = None, items: Encoded | None = None) -> dict[str, float]:
     """Train the model's trainable parameters on df (plus `extra_loss()`, a regulariser, when
-    given); returns loss, steps and throughput."""
-    items = encode(tokenizer, df, s.max_length)
+    given); `items` are df's rows already tokenised (else they are tokenised here). Returns
+    loss, steps and throughput."""
+    items = encode(tokenizer, df, s.max_length) if items is None else items
+    if len(items) != len(df):
+        raise ValueError(f"{len(items)} tokenised rows for {len(df)} examples")
+    device = torch.device(s.device)
+    model.to(device)
     labels = torch.tensor(df["label"].to_numpy(), dtype=torch.long)
-    lengths = [len(it["input_ids"]) for it in items]
+    lengths = items.lengths
     per_epoch = math.ceil(len(items) / s.batch_size)
     total = max(s.epochs * per_epoch, s.min_steps)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -85,12 +110,14 @@ def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings,
     rng = random.Random(s.seed)
     torch.manual_seed(s.seed)
     model.train()
-    step, seen, losses, start = 0, 0, [], time.perf_counter()
+    tail: deque[torch.Tensor] = deque(maxlen=max(1, per_epoch))  # last epoch's losses, on the device
+    step, seen, start = 0, 0, time.perf_counter()
     while step < total:
         for idx in length_batches(lengths, s.batch_size, rng):
-            batch = collate([items[i] for i in idx], tokenizer.pad_token_id)
-            logits = model(**batch).logits
-            loss = F.cross_entropy(logits, labels[idx])
+            batch = {k: v.to(device, non_blocking=True) for k, v in items.batch(idx, tokenizer.pad_token_id).items()}
+            with autocast(s.device, s.bf16):
+                logits = model(**batch).logits
+            loss = F.cross_entropy(logits.float(), labels[idx].to(device, non_blocking=True))
             if extra_loss is not None:
                 loss = loss + extra_loss()
             loss.backward()
@@ -98,13 +125,13 @@ def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings,
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            tail.append(loss.detach())
             seen += len(idx)
             step += 1
             if step >= total:
                 break
+    train_loss = float(torch.stack(list(tail)).mean())  # the one wait on the device
     elapsed = time.perf_counter() - start
     model.eval()
-    tail = losses[-max(1, per_epoch):]
-    return {"steps": step, "train_loss": sum(tail) / len(tail), "train_examples_per_s": seen / max(elapsed, 1e-9),
+    return {"steps": step, "train_loss": train_loss, "train_examples_per_s": seen / max(elapsed, 1e-9),
             "train_seconds": elapsed}
