@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from adapters import AutoAdapterModel, DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
 
-from mera.config import BUNDLED_MODEL, ModelConfig
+from mera.config import BUNDLED_MODEL, ModelConfig, ModelError  # noqa: F401 (ModelError: re-exported)
 
 ADAPTER = "mera"  # every model holds exactly one adapter and one head under this name
 ADAPTER_FILE = "pytorch_adapter.bin"
@@ -28,10 +28,6 @@ _BUILD_LOCK = threading.Lock()
 # it warns on a forward pass made while the model is still being assembled; ours always
 # ends with the adapter active (build_model), so the line is noise in every unit's log
 logging.getLogger("adapters.model_mixin").setLevel(logging.ERROR)
-
-
-class ModelError(ValueError):
-    """A base model or adapter directory that cannot be used."""
 
 
 def base_model_path(name: str) -> str:
@@ -141,6 +137,13 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     model; tensors are renamed to our adapter name, so third-party adapters merge too."""
     adapter_dir = Path(adapter_dir)
     config_file, weights = adapter_dir / CONFIG_FILE, adapter_dir / ADAPTER_FILE
+    from mera import deltas
+
+    if (adapter_dir / deltas.DELTA_CONFIG).is_file():  # a sparse / full delta: dense state for merging
+        try:
+            return deltas.read_delta(adapter_dir)
+        except deltas.DeltaError as exc:
+            raise ModelError(str(exc)) from None
     if not adapter_dir.is_dir():
         raise ModelError(f"adapter directory {str(adapter_dir)!r} does not exist")
     for f in (config_file, weights):
@@ -170,8 +173,15 @@ def read_adapter_state(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def write_adapter(out_dir: str | Path, meta: dict, state: dict[str, torch.Tensor]) -> None:
-    """Write tensors as an adapter directory that the library's load_adapter reads (no head)."""
+    """Write tensors as an adapter directory that the library's load_adapter reads (no head);
+    a delta (meta from read_adapter of a sparse / full delta) is written as a delta."""
     _check_finite(state)
+    from mera import deltas
+
+    if meta.get("kind") in deltas.KINDS:
+        info = {"source_config": {k: v for k, v in meta.items() if k not in ("shapes", "kind", "source_config")}}
+        deltas.save_delta(out_dir, state, meta["kind"], info)
+        return
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_FILE).write_text(json.dumps({**meta, "name": ADAPTER}, indent=2, sort_keys=True))

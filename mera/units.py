@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,27 @@ ADAPTER_SUBDIR = "adapter"
 EVAL_SEED = 0  # the validation cap draws the same examples for every run
 
 
+_TRACKING: ContextVar[bool] = ContextVar("mera_tracking", default=True)
+
+
+@contextmanager
+def untracked():
+    """Run units without MLflow (results still land in the artifact store): for library use
+    without a store, and for bench/overhead.py's plain loop."""
+    token = _TRACKING.set(False)
+    try:
+        yield
+    finally:
+        _TRACKING.reset(token)
+
+
 def tracker(cfg: SweepConfig) -> Tracker:
     store = cfg.paths.mlflow if "://" in cfg.paths.mlflow else cfg.paths.resolve("mlflow")
     return Tracker(store, experiment=f"mera-{cfg.name}")
 
 
 def sweep_key(cfg: SweepConfig) -> str:
-    return artifacts.unit_key("sweep", cfg.model_dump(exclude={"paths", "run"}))
+    return artifacts.unit_key("sweep", {**cfg.model_dump(exclude={"paths", "run"}), "model": cfg.model.identity()})
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,56 @@ class Unit:
         """The last attempt's error when the unit failed and has not finished since."""
         f = self.failure_path(cfg)
         return json.loads(f.read_text()) if f.is_file() else None
+
+
+def runtime(cfg: SweepConfig):
+    """The device, precision and evaluation batch of this run (mera.train.Runtime)."""
+    from mera.train import Runtime
+
+    return Runtime.of(cfg.run.device, cfg.run.precision, cfg.run.eval_batch_size)
+
+
+def eval_tokens(cfg: SweepConfig, spec, tokenizer, df, data_hash: str):
+    """The validation split's tokens, subset to df's rows (the split or a capped sample of
+    it that kept the split's index). Every fine-tune of a target evaluates on the same rows,
+    so the split is tokenised once per tokenizer, max_length and task content and cached;
+    a K-shot training sample is small enough to tokenise where it is used."""
+    from mera.tokens import cached
+
+    items = cached(tokenizer, lambda: data.load_split(cfg.data_dir(), spec, "validation"), cfg.model.max_length,
+                   cfg.paths.resolve("artifacts") / "tokens", f"{spec.name}.validation", data_hash)
+    if len(df) and int(df.index.max()) >= len(items):
+        raise ValueError(f"{spec.name}: validation rows beyond the split's {len(items)} (index not kept)")
+    return items.subset(df.index)
+
+
+def validation_scores(cfg: SweepConfig, spec, data_hash: str, model, tokenizer, rt) -> tuple[int, dict[str, float]]:
+    """Accuracy and macro-F1 of a trained model on its task's validation split (seeded cap
+    `data.max_eval`), on the split's cached tokens and the run's device: (rows, metrics)."""
+    from mera.evaluate import evaluate
+
+    val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
+    return len(val), evaluate(model, tokenizer, val, spec.num_labels, cfg.model.max_length,
+                              items=eval_tokens(cfg, spec, tokenizer, val, data_hash), device=rt.device, bf16=rt.bf16,
+                              batch_size=rt.eval_batch_size)
+
+
+def settle_dead_runs(cfg: SweepConfig) -> dict[str, int]:
+    """Close the unit runs a killed process left RUNNING (the caller holds the sweep lock, so
+    no live attempt exists): FINISHED when the unit's manifest names that run (it was killed
+    after its result landed, everything already logged), else KILLED. Returns the counts."""
+    counts = {"FINISHED": 0, "KILLED": 0}
+    track = tracker(cfg)
+    root = cfg.paths.resolve("artifacts")
+    for run in track.running_units():
+        tags = run.data.tags
+        path = artifacts.unit_dir(root, tags.get("mera.stage", "?"), tags.get("mlflow.runName", run.info.run_name),
+                                  tags.get("mera.key", "?"))
+        manifest = artifacts.read_manifest(path)
+        status = "FINISHED" if manifest and manifest.get("mlflow_run_id") == run.info.run_id else "KILLED"
+        track.end(run.info.run_id, status)
+        counts[status] += 1
+    return counts
 
 
 def _result(unit: Unit, cfg: SweepConfig, manifest: dict) -> dict:
@@ -91,6 +156,7 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
         return _result(unit, cfg, done)
     final = unit.path(cfg)
     tags = {"mera.stage": unit.stage, "mera.sweep": cfg.name, **tags}
+    logged = logged and _TRACKING.get()
     run_ctx = tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params)) if logged \
         else nullcontext(None)
     failure = unit.failure_path(cfg)
@@ -103,9 +169,9 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
                 manifest.update(stage=unit.stage, key=unit.key, params=unit.params, tags=tags,
                                 seconds=time.perf_counter() - start, mlflow_run_id=run.run_id if run else None)
                 artifacts.write_manifest(tmp, manifest)
-            if run is not None:
-                run.metrics({**metrics, "seconds": manifest["seconds"]})
-                run.artifacts(final)  # the adapter (adapters-library format), manifest and diagnostics
+                if run is not None:  # logged before the manifest becomes visible: a finished unit's run is complete
+                    run.metrics({**metrics, "seconds": manifest["seconds"]})
+                    run.artifacts(tmp)  # the adapter (adapters-library format), manifest and diagnostics
     except Exception as exc:  # remembered for `mera status`; the exception goes on to the orchestrator
         failure.parent.mkdir(parents=True, exist_ok=True)
         failure.write_text(json.dumps({"unit": unit.readable, "key": unit.key, "error": f"{type(exc).__name__}: {exc}",
@@ -151,13 +217,13 @@ def prepare(cfg: SweepConfig, task: str, parent_id: str | None = None) -> dict:
 
 def pretrain_unit(cfg: SweepConfig, prep: dict) -> Unit:
     settings = cfg.pretrain.model_dump(exclude={"tasks"})
-    return Unit("adapters", prep["task"], {"task": prep["task"], "data": prep["hash"], "model": cfg.model.model_dump(),
+    return Unit("adapters", prep["task"], {"task": prep["task"], "data": prep["hash"], "model": cfg.model.identity(),
                                            "pretrain": settings, "max_eval": cfg.data.max_eval})
 
 
 def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict:
     """Train one source adapter (distinct init seed per task) and evaluate it."""
-    from mera.evaluate import evaluate
+    from mera import deltas
     from mera.models import build_model, save_adapter, task_seed
     from mera.train import TrainSettings, train
 
@@ -168,14 +234,26 @@ def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict
         spec = read_task(cfg.data_dir(), task)
         p = cfg.pretrain
         seed = task_seed(p.seed, task)
-        model, tok = build_model(cfg.model, spec.num_labels, seed=seed)
+        rt = runtime(cfg)
+        m = cfg.model
+        delta = m.adapter in deltas.KINDS
+        model, tok = build_model(m, spec.num_labels, seed=seed, adapter=not delta)
         df = data.cap(data.load_split(cfg.data_dir(), spec, "train"), p.max_examples, seed=p.seed)
-        stats = train(model, tok, df, TrainSettings(p.epochs, p.batch_size, p.lr, cfg.model.max_length, seed))
-        val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
-        metrics = {**evaluate(model, tok, val, spec.num_labels, cfg.model.max_length), **stats}
-        save_adapter(model, tmp / ADAPTER_SUBDIR, with_head=True)
+        if delta:  # sparse / full: a delta on the base weights (mera.deltas)
+            before, masks, delta_info = deltas.prepare_training(
+                model, tok, df, m.adapter, density=m.density, rule=m.saliency, reduction_factor=m.reduction_factor,
+                max_length=m.max_length, batches=m.saliency_batches, batch_size=p.batch_size, seed=seed)
+        stats = train(model, tok, df, TrainSettings(p.epochs, p.batch_size, p.lr, cfg.model.max_length, seed,
+                                                    device=rt.device, bf16=rt.bf16))
+        n_eval, scores = validation_scores(cfg, spec, prep["hash"], model, tok, rt)
+        metrics = {**scores, **stats}
+        if delta:
+            deltas.save_trained(model, tmp / ADAPTER_SUBDIR, before, masks, delta_info)
+        else:
+            save_adapter(model.to("cpu"), tmp / ADAPTER_SUBDIR, with_head=True)
         manifest = {"task": task, "track": prep["track"], "n_train": len(df), "n_train_available": prep["rows"]["train"],
-                    "n_eval": len(val), "init_seed": seed, "metrics": metrics}
+                    "n_eval": n_eval, "init_seed": seed, "metrics": metrics, "runtime": rt.describe(),
+                    **({"delta": delta_info} if delta else {})}
         return manifest, metrics
 
     return _run_unit(cfg, unit, parent_id, {"task": task, "track": prep["track"]}, work)
@@ -279,14 +357,13 @@ def fewshot_unit(cfg: SweepConfig, prep: dict, init: Init, group: str | None, sh
     readable = f"{target}.{init.name.replace(':', '-')}" + (f".{group}" if group else "") + f".k{shots}.s{seed}"
     return Unit("fewshot", readable, {
         "target": target, "data": prep["hash"], "init": init.name, "group": group, "shots": shots, "seed": seed,
-        "model": cfg.model.model_dump(), "fewshot": fewshot_settings(cfg, init), "max_eval": cfg.data.max_eval,
+        "model": cfg.model.identity(), "fewshot": fewshot_settings(cfg, init), "max_eval": cfg.data.max_eval,
         "upstream": sorted(r["key"] for r in upstream)})
 
 
 def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: int, seed: int,
             upstream: list[dict], parent_id: str | None = None) -> dict:
     """Fine-tune from `init` on K examples per class; evaluate the final model on the validation split."""
-    from mera.evaluate import evaluate
     from mera.fewshot import start
     from mera.models import ADAPTER, count_trainable, save_adapter
     from mera.train import TrainSettings, train
@@ -302,23 +379,25 @@ def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: 
         train_df = data.sample_k_shot(train_split, shots, seed, spec.num_labels)
         dev_df = data.sample_dev(train_split, shots, seed, spec.num_labels, f.dev_k or shots) \
             if init.kind == "best-source" else None
+        rt = runtime(cfg)
         st = start(cfg, init, spec.num_labels, seed, upstream, train_df, dev_df)
         stats = train(st.model, st.tokenizer, train_df,
                       TrainSettings(f.epochs, f.batch_size, settings["lr"], cfg.model.max_length, seed,
-                                    min_steps=f.min_steps, weight_decay=settings["weight_decay"]),
+                                    min_steps=f.min_steps, weight_decay=settings["weight_decay"],
+                                    device=rt.device, bf16=rt.bf16),
                       extra_loss=st.extra_loss)
-        val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
-        metrics = {**evaluate(st.model, st.tokenizer, val, spec.num_labels, cfg.model.max_length), **stats,
-                   "trainable_params": count_trainable(st.model)}
+        n_eval, scores = validation_scores(cfg, spec, prep["hash"], st.model, st.tokenizer, rt)
+        metrics = {**scores, **stats, "trainable_params": count_trainable(st.model)}
+        st.model.to("cpu")
         if st.saves == "adapter":
             save_adapter(st.model, tmp / ADAPTER_SUBDIR, with_head=True)
         elif st.saves == "head":
             st.model.save_head(str(tmp / "head"), ADAPTER)
         sources = sorted({s for r in upstream for s in (r.get("sources") or [r["task"]])})
         manifest = {"target": target, "track": prep["track"], "init": init.name, "init_kind": init.kind,
-                    "group": group, "shots": shots, "seed": seed, "n_train": len(train_df), "n_eval": len(val),
+                    "group": group, "shots": shots, "seed": seed, "n_train": len(train_df), "n_eval": n_eval,
                     "metrics": metrics, "sources": sources, "single_source": init.grouped and len(sources) == 1,
-                    "weights_kept": st.saves, **st.info}
+                    "weights_kept": st.saves, "runtime": rt.describe(), **st.info}
         return manifest, metrics
 
     tags = {"target": target, "init": init.name, "group": group or "-", "shots": shots, "seed": seed}

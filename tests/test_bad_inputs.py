@@ -101,9 +101,10 @@ CONFIG_CASES = {
     "unknown init": ("fewshot.inits", ["adapter", "fussion"], ["unknown init 'fussion'", "did you mean 'fusion'"]),
     "unknown group": ("merge.groups", ["same-trak"], ["unknown group 'same-trak'", "same-track, cross-track, all"]),
     "bad merge parameter": ("merge.params", {"mera-avg": {"anchor": "first"}},
-                            ["merge.params.mera-avg", "unknown parameter(s) anchor", "accepted: none"]),
+                            ["merge.params.mera-avg", "unknown parameter(s) anchor", "accepted: over"]),
     "bad merge value": ("merge.params", {"mera-avg": {}, "ties": {"density": 3}}, ["ties", "density must be in [0, 1]"]),
-    "unknown adapter kind": ("model.adapter", "lorra", ["model.adapter", "'bottleneck', 'houlsby' or 'lora'"]),
+    "unknown adapter kind": ("model.adapter", "lorra", ["model.adapter", "'bottleneck', 'houlsby', 'lora', 'sparse'"]),
+    "few-shot from a sparse delta": ("model.adapter", "sparse", ["model.adapter 'sparse'", "accepted with sparse"]),
 }
 
 
@@ -114,6 +115,17 @@ def test_config_mistakes(case, project):
     proc = mera(["run", "--config", write_config(root, set_key(cfg, key, value))], root)
     assert_clean_failure(proc, *needles)
     assert not (root / "artifacts").exists() and not (root / "data").exists()  # caught before anything
+
+
+def test_cuda_asked_on_a_machine_without_a_gpu(project):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run.device cuda is valid here")
+    root, _, cfg = project
+    proc = mera(["run", "--config", write_config(root, set_key(cfg, "run.device", "cuda"))], root)
+    assert_clean_failure(proc, "run.device is 'cuda'", "accepted here: auto, cpu")
+    assert not (root / "artifacts").exists() and not (root / "data").exists()
 
 
 def test_malformed_yaml(project):

@@ -321,7 +321,7 @@ def test_bad_methods_parameters_and_inputs_fail_clearly(kits):
     a = kits["bottleneck"].random(30)
     with pytest.raises(MergeError, match="did you mean 'mera-wts'"):
         merge("mera-wt", [a])
-    with pytest.raises(MergeError, match="unknown parameter.*anchor.*accepted: none"):
+    with pytest.raises(MergeError, match="unknown parameter.*anchor.*accepted: over"):
         merge("mera-avg", [a], anchor=0)
     with pytest.raises(MergeError, match="pass `activations`"):
         merge("mera-acts", [a, a])

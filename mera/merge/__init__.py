@@ -156,6 +156,13 @@ def merge(
     reduce_kw = {k: params.pop(k) for k in method.reduce_params if k in params}
     for k in CALIB_PARAMS:
         params.pop(k, None)
+    if kind == "delta":
+        if method.align != "none":
+            raise MergeError(f"{name} aligns units, which sparse/full deltas do not have; for deltas use "
+                             + ", ".join(n for n, m in METHODS.items() if m.align == "none"))
+        if method.reduction == "avg":
+            reduce_kw.setdefault("over", "touching")  # sparse: average where the masks overlap
+        diag["reduce"] = reduce_kw
     try:
         if method.align == "none":
             if kind == "lora":  # factors carry a GL(r) gauge: reduce the products ΔW = B A instead

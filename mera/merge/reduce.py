@@ -26,9 +26,22 @@ def reduce_sum(states: list[State]) -> State:
     return {k: _stack(states, k).sum(0) for k in states[0]}
 
 
-def reduce_avg(states: list[State]) -> State:
-    """θ = (1/N) Σ_i θ_i (MerA's Avg)."""
-    return {k: _stack(states, k).mean(0) for k in states[0]}
+AVG_OVER = ("all", "touching")
+
+
+def reduce_avg(states: list[State], over: str = "all") -> State:
+    """θ = (1/N) Σ_i θ_i (MerA's Avg). over="touching": each entry is averaged over the
+    adapters whose value there is nonzero, i.e. for sparse deltas the adapters whose mask
+    holds it (entries no adapter touches stay 0); the merge registry picks it for deltas."""
+    if over not in AVG_OVER:
+        raise ValueError(f"over {over!r} is not one of: {', '.join(AVG_OVER)}")
+    if over == "all":
+        return {k: _stack(states, k).mean(0) for k in states[0]}
+    out = {}
+    for k in states[0]:
+        x = _stack(states, k)
+        out[k] = x.sum(0) / (x != 0).sum(0).clamp(min=1).to(x.dtype)
+    return out
 
 
 def task_arithmetic(states: list[State], lam: float | None = None, weights: list[float] | None = None) -> State:

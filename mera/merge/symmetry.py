@@ -41,12 +41,16 @@ DOWN = "adapter_down.0.weight"
 
 
 def kind_of(state: State) -> str:
-    """The adapter kind whose tensors make up `state` ("bottleneck", "lora")."""
+    """The adapter kind whose tensors make up `state` ("bottleneck", "lora"), or "delta":
+    a sparse or full delta on the base model's own weights (mera.deltas), which has no unit
+    symmetry to align."""
     for kind, sym in SYMMETRIES.items():
         if any(k.endswith(sym.first) for k in state):
             return kind
+    if state and all(k.endswith((".weight", ".bias")) and ".adapters." not in k and ".loras." not in k for k in state):
+        return "delta"
     raise ValueError(f"unrecognised adapter tensors (e.g. {next(iter(state), 'none')!r}); "
-                     f"accepted kinds: {', '.join(SYMMETRIES)}")
+                     f"accepted kinds: {', '.join(SYMMETRIES)}, delta")
 
 
 def modules(state: State, kind: str = "bottleneck") -> dict[str, State]:
