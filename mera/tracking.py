@@ -59,6 +59,11 @@ class Tracker:
         query = f"tags.`mera.key` = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
         return _retry(self.client.search_runs, [self.experiment_id()], filter_string=query, max_results=50)
 
+    def running_units(self) -> list:
+        """Every unit run (not the sweep's parent) still marked RUNNING."""
+        query = f"attributes.status = 'RUNNING' and tags.`mera.stage` != '{SWEEP_STAGE}'"
+        return _retry(self.client.search_runs, [self.experiment_id()], filter_string=query, max_results=5000)
+
     def sweep_run(self, key: str, name: str, params: dict) -> str:
         """The sweep's parent run, reused when the same sweep runs again."""
         for run in self.find(key):

@@ -72,9 +72,11 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = set(sweep.unit_dirs())
+    landed = sweep.unit_dirs()
+    done_before = set(landed)
     assert 2 <= len(done_before) < N_FEWSHOT, "the kill should land during the fewshot stage"
     finished_before = {k for k, status, _ in sweep.runs() if status == "FINISHED"}
+    landed_keys = {_key(d) for d in landed.values()}
 
     again = sweep.run()
     assert again.returncode == 0, again.stderr[-3000:]
@@ -85,8 +87,28 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
     finished = [k for k, status, _ in runs if status == "FINISHED"]
     assert len(finished) == len(set(finished))  # no duplicate MLflow run for any unit
     new = set(finished) - finished_before
-    assert new == {_key(after[n]) for n in set(after) - done_before}  # only the units without a manifest ran
+    # only the units without a manifest ran; a run the kill caught after its result landed is closed FINISHED
+    assert new - landed_keys == {_key(after[n]) for n in set(after) - done_before}
     assert "RUNNING" not in {status for _, status, _ in runs}  # the attempts the kill cut short are KILLED
+
+
+def test_1b_runs_left_running_are_settled_by_their_manifest(sweep):
+    """A kill between a unit's result landing and its MLflow run closing, and one mid-unit:
+    the next run closes the first FINISHED (its manifest names it) and the second KILLED."""
+    from mera.config import load_config
+    from mera.units import settle_dead_runs, tracker
+
+    cfg = load_config(sweep.root / "sweep.yaml", {"paths.root": str(sweep.root)}, shallow=True)
+    track = tracker(cfg)
+    unit = next(iter(sweep.unit_dirs().values()))
+    landed_run = json.loads((unit / "manifest.json").read_text())["mlflow_run_id"]
+    track.client.update_run(landed_run, status="RUNNING")
+    cut = track.client.create_run(track.experiment_id(), run_name="fewshot-cut-short",
+                                  tags={"mera.stage": "fewshot", "mera.key": "0" * 16}).info.run_id
+    assert settle_dead_runs(cfg) == {"FINISHED": 1, "KILLED": 1}
+    assert track.client.get_run(landed_run).info.status == "FINISHED"
+    assert track.client.get_run(cut).info.status == "KILLED"
+    assert "RUNNING" not in {status for _, status, _ in sweep.runs()}
 
 
 def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
