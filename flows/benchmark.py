@@ -39,11 +39,12 @@ def _blocked(upstream: list[dict]) -> dict | None:
 
 @flow(name="benchmark", log_prints=True)
 def benchmark(config: dict, until: str = "report") -> dict:
-    cfg = SweepConfig.model_validate(config)
+    cfg = SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the caller
     stop = units.STAGES.index(until)
     timings: dict[str, float] = {}
     track = units.tracker(cfg)
     parent = track.sweep_run(units.sweep_key(cfg), cfg.name, flatten(cfg.model_dump()))
+    units.settle_dead_runs(cfg)  # attempts a kill cut short (this run holds the sweep lock)
     out: dict = {"parent_run_id": parent, "flow_run_id": str(flow_run.id), "failed": []}
     try:
         clock = time.perf_counter()
@@ -100,8 +101,9 @@ def benchmark(config: dict, until: str = "report") -> dict:
     return out
 
 
-def run(cfg: SweepConfig, until: str = "report") -> dict:
-    """Run the flow with the configured task runner (threads by default)."""
+def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
+    """Run the flow with the configured task runner (threads by default); `before()` is
+    called once the libraries are imported, just before the flow starts."""
     workers = cfg.run.workers
     import torch
 
@@ -133,4 +135,6 @@ def run(cfg: SweepConfig, until: str = "report") -> dict:
                             "dashboard_address": None})
     else:
         runner = ThreadPoolTaskRunner(max_workers=workers)
+    if before is not None:
+        before()
     return benchmark.with_options(task_runner=runner, name=f"benchmark-{cfg.name}")(cfg.model_dump(), until)

@@ -30,15 +30,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     return errors()
 
 
-def _load(args) -> "object":
+def _load(args, shallow: bool = False) -> "object":
     overrides = dict(parse_override(s) for s in args.set or [])
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, shallow=shallow)
 
 
 def cmd_run(args) -> int:
     from mera.units import STAGES
 
-    cfg = _load(args)
+    cfg = _load(args, shallow=True)  # merge parameters are run-checked in the preflight, when there is work
     if args.until not in STAGES:
         raise ConfigError(f"--until {args.until!r} is not a stage; accepted: {', '.join(STAGES)}")
     from flows import env
@@ -47,26 +47,29 @@ def cmd_run(args) -> int:
     start = time.perf_counter()
     from mera.artifacts import sweep_lock
 
-    with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
-        if not args.force:
-            from mera.units import finished_sweep
+    if not args.force:  # read-only, so no lock: manifests appear atomically
+        from mera.units import finished_sweep
 
-            done = finished_sweep(cfg, args.until)
-            if done is not None:
-                n = sum(len(v) for v in done.values())
-                print(f"sweep {cfg.name!r}: nothing to do, all {n} units up to {args.until} are finished "
-                      f"({time.perf_counter() - start:.1f} s; --force re-enters the flow, where they are cache hits)")
-                if args.until == "report":
-                    print(f"report: {cfg.paths.resolve('reports') / cfg.name / 'report.md'}")
-                return 0
-        from mera.preflight import preflight
+        done = finished_sweep(cfg, args.until)
+        if done is not None:
+            n = sum(len(v) for v in done.values())
+            print(f"sweep {cfg.name!r}: nothing to do, all {n} units up to {args.until} are finished "
+                  f"({time.perf_counter() - start:.1f} s; --force re-enters the flow, where they are cache hits)")
+            if args.until == "report":
+                print(f"report: {cfg.paths.resolve('reports') / cfg.name / 'report.md'}")
+            return 0
+    from mera.preflight import check_config, preflight
+
+    check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
+    with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
         from mera.units import import_data
 
         import_data(cfg)
         preflight(cfg)
+        warm = env.WarmUp(cfg)  # after the checks: a user's mistake exits before anything starts
         from flows.benchmark import run
 
-        out = run(cfg, args.until)
+        out = run(cfg, args.until, before=warm.wait)
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "
           f"(MLflow parent run {out['parent_run_id']})")
     for stage, seconds in out.get("timings", {}).items():

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from mera import data
-from mera.config import BUNDLED_MODEL, ConfigError, SweepConfig
+from mera.config import BUNDLED_MODEL, ConfigError, ModelError, SweepConfig
 from mera.tasks import TaskError, read_task
 
 OUTPUTS = ("artifacts", "prefect_home", "reports", "results")
@@ -22,7 +22,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The error types of a user's mistake: printed as one line by the CLI, never retried."""
     from mera.artifacts import SweepBusy
     from mera.merge import MergeError
-    from mera.models import ModelError
 
     return (ConfigError, TaskError, ModelError, MergeError, SweepBusy)
 
@@ -62,8 +61,6 @@ def reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def check_model(cfg: SweepConfig) -> None:
-    from mera.models import ModelError
-
     name = cfg.model.name
     if name == BUNDLED_MODEL:
         return
@@ -120,7 +117,30 @@ def check_groups(cfg: SweepConfig, tracks: dict[str, str]) -> None:
                     "add a source to pretrain.tasks or drop the group")
 
 
+def check_runtime(cfg: SweepConfig) -> None:
+    """run.device / run.precision resolve on this machine (cuda only where torch sees a GPU)."""
+    from mera.train import Runtime
+
+    Runtime.of(cfg.run.device, cfg.run.precision, cfg.run.eval_batch_size)
+
+
+def check_merge_params(cfg: SweepConfig) -> None:
+    """Each parameterised merge method runs on tiny synthetic adapters (a config loaded
+    with `shallow=True` skipped this)."""
+    try:
+        cfg.check_merge_params()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_config(cfg: SweepConfig) -> None:
+    """What the config alone decides (run before data is imported or anything is written)."""
+    check_merge_params(cfg)
+    check_runtime(cfg)
+
+
 def preflight(cfg: SweepConfig) -> dict[str, str]:
+    check_config(cfg)
     check_paths(cfg)
     check_model(cfg)
     return check_data(cfg)

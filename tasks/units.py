@@ -23,7 +23,7 @@ def _cfg(config: dict) -> SweepConfig:
 
         if torch.get_num_threads() != int(threads):
             torch.set_num_threads(int(threads))
-    return SweepConfig.model_validate(config)
+    return SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the CLI
 
 
 def _stale_record(key: str) -> Path | None:

@@ -1,0 +1,95 @@
+"""Orchestration overhead: the smoke sweep through Prefect + MLflow vs the same units
+called in a plain Python loop without either (issue 6).
+
+    python bench/overhead.py [--config configs/smoke.yaml] [--workers 1]
+
+Both run in a fresh process and a fresh root (no unit, token cache or MLflow store), with
+the same number of workers (default 1: the plain loop is sequential) and torch threads,
+and both do the same work: config + preflight, every unit, the report. Times are
+wall-clock of the whole command, imports and the Prefect server's start included; the
+Prefect home exists already (as after a project's first run; bench/_sweeps.py). Ends with
+`RESULT overhead_frac=<(orchestrated - plain) / plain>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import _sweeps as sw  # noqa: E402
+
+
+def plain(config: str, sets: list[str]) -> None:
+    """The sweep as a plain loop: no Prefect, no MLflow; the same units and report."""
+    from flows.cli import main as _  # noqa: F401  (the same config loader and env as `mera run`)
+    from flows import env
+    from mera import units
+    from mera.config import load_config, parse_override
+    from mera.preflight import preflight
+    from mera.report import write_report
+
+    cfg = load_config(config, dict(parse_override(s) for s in sets))
+    env.configure(cfg)
+    timings = {}
+    with units.untracked():
+        units.import_data(cfg)
+        tracks = preflight(cfg)
+        clock = time.perf_counter()
+        names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
+        preps = {n: units.prepare(cfg, n) for n in names}
+        timings["prepare"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        adapters = {s: units.pretrain(cfg, preps[s]) for s in cfg.pretrain.tasks}
+        timings["pretrain"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        merges = {(t, g, m): units.merge(cfg, t, g, m, [adapters[s] for s in members])
+                  for t, g, m, members in units.merge_grid(cfg, tracks)}
+        timings["merge"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        results = [units.fewshot(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"], u["upstream"])
+                   for u in units.fewshot_grid(cfg, tracks, adapters, merges)]
+        timings["fewshot"] = time.perf_counter() - clock
+        write_report(cfg, results, timings, list(merges.values()), [])
+    print(" ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/smoke.yaml")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating pairs; the fastest of each is kept")
+    ap.add_argument("--plain-child", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.plain_child is not None:
+        return plain(args.config, args.plain_child)
+
+    sw.setup(args.config)
+    extra = [f"run.workers={args.workers}"]
+    times: dict[str, list[float]] = {"orchestrated": [], "plain": []}
+    counts = set()
+    for _ in range(args.repeats):
+        roots = {k: sw.fresh_root(k) for k in times}
+        times["orchestrated"].append(sw.mera_run(args.config, roots["orchestrated"], extra))
+        sets = [s for s in sw.overrides(roots["plain"], extra) if s != "--set"]
+        seconds, out = sw.timed([sys.executable, __file__, "--config", args.config, "--plain-child", *sets])
+        times["plain"].append(seconds)
+        counts.add(tuple(sw.trainings(r) for r in roots.values()))
+        sw.cleanup(*roots.values())
+    if len(counts) != 1 or len(set(next(iter(counts)))) != 1:
+        sys.exit(f"the runs trained different numbers of units: {counts}")
+    best = {k: min(v) for k, v in times.items()}
+    print(f"sweep {args.config}, workers {args.workers}: {next(iter(counts))[0]} trainings per run; fastest of "
+          f"{args.repeats} alternating runs (all: {', '.join(f'{k} ' + ' '.join(f'{t:.1f}' for t in v) for k, v in times.items())})")
+    print(f"{'run':<40}{'seconds':>9}")
+    print(f"{'mera run (Prefect + MLflow)':<40}{best['orchestrated']:>9.1f}")
+    print(f"{'plain loop (neither)':<40}{best['plain']:>9.1f}   stages: {out.strip().splitlines()[-1]}")
+    print(sw.result_line(overhead_frac=(best["orchestrated"] - best["plain"]) / best["plain"],
+                         orchestrated_s=best["orchestrated"], plain_s=best["plain"]))
+
+if __name__ == "__main__":
+    main()
