@@ -72,10 +72,10 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    landed = sweep.unit_dirs()
+    finished_before = {k for k, status, _ in sweep.runs() if status == "FINISHED"}  # runs first: a run
+    landed = sweep.unit_dirs()  # FINISHED implies its manifest landed, so every such unit is in `landed`
     done_before = set(landed)
     assert 2 <= len(done_before) < N_FEWSHOT, "the kill should land during the fewshot stage"
-    finished_before = {k for k, status, _ in sweep.runs() if status == "FINISHED"}
     landed_keys = {_key(d) for d in landed.values()}
 
     again = sweep.run()
