@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 SWEEP_STAGE = "sweep"
+_EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, per process
 
 
 def _retry(fn, *args, attempts: int = 6, **kwargs):
@@ -46,14 +47,19 @@ class Tracker:
         return self._client
 
     def experiment_id(self) -> str:
-        """Create the DB and the experiment once, before any fan-out (migration race)."""
+        """Create the DB and the experiment once, before any fan-out (migration race); the id
+        is remembered per store and experiment for the process (every unit asks for it)."""
+        known = _EXPERIMENTS.get((self.uri, self.experiment))
+        if known is not None:
+            return known
         if self.artifact_root is not None:
             self.artifact_root.mkdir(parents=True, exist_ok=True)
         exp = _retry(self.client.get_experiment_by_name, self.experiment)
         if exp is not None:
-            return exp.experiment_id
+            return _EXPERIMENTS.setdefault((self.uri, self.experiment), exp.experiment_id)
         location = self.artifact_root.as_uri() if self.artifact_root else None
-        return _retry(self.client.create_experiment, self.experiment, artifact_location=location)
+        created = _retry(self.client.create_experiment, self.experiment, artifact_location=location)
+        return _EXPERIMENTS.setdefault((self.uri, self.experiment), created)
 
     def find(self, key: str, status: str | None = None):
         query = f"tags.`mera.key` = '{key}'" + (f" and attributes.status = '{status}'" if status else "")
