@@ -55,10 +55,15 @@ def benchmark(config: dict, until: str = "report") -> dict:
         tracks = {n: p["track"] for n, p in preps.items()}
         if stop >= 1:
             clock = time.perf_counter()
-            adapters = _gather({s: t.pretrain.submit(config, preps[s], parent) for s in cfg.pretrain.tasks})
+            kind_configs = {k: units.pretrain_config(cfg, k).model_dump() for k in units.pretrain_kinds(cfg)}
+            by_kind = _gather({(k, s): t.pretrain.submit(kc, preps[s], parent)
+                               for k, kc in kind_configs.items() for s in cfg.pretrain.tasks})
             timings["pretrain"] = time.perf_counter() - clock
-            out["failed"] += [{"stage": "pretrain", "unit": s, **r} for s, r in adapters.items() if r.get("failed")]
-        if stop >= 2:
+            out["failed"] += [{"stage": "pretrain", "unit": units.adapter_name(s, k), **r}
+                              for (k, s), r in by_kind.items() if r.get("failed")]
+            adapters = {s: r for (k, s), r in by_kind.items() if k == cfg.model.adapter}
+        merges, results, failures = {}, [], []
+        if stop >= 2 and cfg.fewshot.targets:
             clock = time.perf_counter()
             jobs, merges = {}, {}
             for target, group, method, members in units.merge_grid(cfg, tracks):
@@ -70,7 +75,7 @@ def benchmark(config: dict, until: str = "report") -> dict:
             merges.update(_gather(jobs))
             timings["merge"] = time.perf_counter() - clock
             out["failed"] += [{"stage": "merge", "unit": ".".join(k), **r} for k, r in merges.items() if r.get("failed")]
-        if stop >= 3:
+        if stop >= 3 and cfg.fewshot.targets:
             clock = time.perf_counter()
             grid = units.fewshot_grid(cfg, tracks, adapters, merges)
             jobs, done = {}, {}
@@ -88,9 +93,27 @@ def benchmark(config: dict, until: str = "report") -> dict:
             out["results"] = results
             out["failed"] += [{"stage": "fewshot", "unit": f"{f['target']}.{f['init']}.{f['group']}.k{f['shots']}"
                                                             f".s{f['seed']}", "failed": f["error"]} for f in failures]
-        if stop >= 4:
+        if stop >= 4 and cfg.multitask is not None:
+            clock = time.perf_counter()
+            jobs, evals = {}, {}
+            grid = units.mergeeval_grid(cfg)
+            for i, g in enumerate(grid):
+                pool = [by_kind[(g["kind"], s)] for s in cfg.pretrain.tasks]
+                if g["not_applicable"]:
+                    evals[i] = {**g, "skipped": g["not_applicable"]}
+                elif blocked := _blocked(pool):
+                    evals[i] = {**g, **blocked}
+                else:
+                    jobs[i] = t.mergeeval.submit(config, g["kind"], g["method"], g["n"], g["draw"], g["members"],
+                                                 pool, parent)
+            evals.update({i: {**grid[i], **r} if r.get("failed") else r for i, r in _gather(jobs).items()})
+            timings["mergeeval"] = time.perf_counter() - clock
+            out["mergeeval"] = [evals[i] for i in sorted(evals)]
+            out["failed"] += [{"stage": "mergeeval", "unit": f"{e['kind']}.{e['method']}.n{e['n']}.d{e['draw']}",
+                               "failed": e["failed"]} for e in out["mergeeval"] if e.get("failed")]
+        if stop >= 5:
             ok_merges = [m for m in merges.values() if not m.get("failed")]
-            out["report"] = t.report(config, results, timings, ok_merges, failures)
+            out["report"] = t.report(config, results, timings, ok_merges, failures, out.get("mergeeval"))
             track.log_dir(parent, Path(out["report"]).parent, "report")  # browsable beside the sweep's runs
         out["timings"] = timings
     except BaseException as exc:

@@ -106,17 +106,19 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     """(Re)write the report from the fine-tunes finished so far."""
     from mera.report import write_report
-    from mera.units import walk
+    from mera.units import mergeeval_grid, walk
 
     cfg = _load(args)
     state = walk(cfg)
-    results = state["fewshot"]["done"]
-    if not results:
-        raise ConfigError(f"sweep {cfg.name!r} has no finished fine-tunes under {cfg.paths.resolve('artifacts')}; "
-                          f"run `mera run --config {args.config}` first")
-    path = write_report(cfg, results, None, state["merge"]["done"])
-    left = len(state["fewshot"]["missing"])
-    print(f"report: {path} ({len(results)} fine-tunes{f'; {left} not finished yet' if left else ''})")
+    results, evals = state["fewshot"]["done"], state["mergeeval"]["done"]
+    if not results and not evals:
+        raise ConfigError(f"sweep {cfg.name!r} has no finished fine-tunes or merge-evals under "
+                          f"{cfg.paths.resolve('artifacts')}; run `mera run --config {args.config}` first")
+    skipped = [{**g, "skipped": g["not_applicable"]} for g in mergeeval_grid(cfg) if g["not_applicable"]]
+    path = write_report(cfg, results, None, state["merge"]["done"], None, evals + skipped)
+    left = len(state["fewshot"]["missing"]) + len(state["mergeeval"]["missing"])
+    print(f"report: {path} ({len(results)} fine-tunes, {len(evals)} merge-evals"
+          f"{f'; {left} not finished yet' if left else ''})")
     return 0
 
 
@@ -241,7 +243,8 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) the benchmark flow")
     with_config(run)
-    run.add_argument("--until", default="report", help="last stage to run: prepare, pretrain, merge, fewshot, report")
+    run.add_argument("--until", default="report",
+                     help="last stage to run: prepare, pretrain, merge, fewshot, mergeeval, report")
     run.add_argument("--force", action="store_true",
                      help="enter the flow even when every unit is finished (they are then Prefect cache hits)")
     run.set_defaults(fn=cmd_run)

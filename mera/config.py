@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -37,10 +37,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Pfeiffer seq_bn, double_seq_bn, LoRA q/v; sparse / full: deltas on the base weights (mera.deltas)
+AdapterKind = Literal["bottleneck", "houlsby", "lora", "sparse", "full"]
+ADAPTER_KINDS = get_args(AdapterKind)
+
+
+def _rates(rates: dict[str, float], known: tuple[str, ...], what: str) -> dict[str, float]:
+    """A mapping of kind -> learning rate: known kinds, positive rates."""
+    for kind, lr in rates.items():
+        if kind not in known:
+            raise ValueError(f"unknown {what} {kind!r}; accepted: {', '.join(known)}")
+        if not lr > 0:
+            raise ValueError(f"{kind}: lr must be positive, got {lr}")
+    return rates
+
+
 class ModelConfig(_Section):
     name: str = BUNDLED_MODEL  # the bundled package, an HF hub id, or a local path
-    # Pfeiffer seq_bn, double_seq_bn, LoRA q/v; sparse / full: deltas on the base weights (mera.deltas)
-    adapter: Literal["bottleneck", "houlsby", "lora", "sparse", "full"] = "bottleneck"
+    adapter: AdapterKind = "bottleneck"
     reduction_factor: int = Field(16, gt=0)  # bottleneck kinds: r = hidden / reduction_factor
     lora_rank: int = Field(8, gt=0)
     lora_alpha: float = Field(16.0, gt=0)
@@ -120,12 +134,7 @@ class FewshotConfig(_Section):
     @field_validator("lr_by_init")
     @classmethod
     def _lr_kinds(cls, lrs: dict[str, float]) -> dict[str, float]:
-        for kind, lr in lrs.items():
-            if kind not in INIT_KINDS:
-                raise ValueError(f"unknown init kind {kind!r}; accepted: {', '.join(INIT_KINDS)}")
-            if not lr > 0:
-                raise ValueError(f"{kind}: lr must be positive, got {lr}")
-        return {**DEFAULT_LR, **lrs}
+        return {**DEFAULT_LR, **_rates(lrs, INIT_KINDS, "init kind")}
 
     def lr_for(self, kind: str) -> float:
         return self.lr_by_init.get(kind, self.lr)
@@ -136,6 +145,47 @@ class FewshotConfig(_Section):
         if any(k <= 0 for k in shots):
             raise ValueError(f"shots must be positive integers, got {shots}")
         return shots
+
+
+class MultitaskConfig(_Section):
+    """merge-eval, no fine-tuning: pretrain every task of pretrain.tasks as each adapter kind,
+    merge groups of N of them with each method, evaluate the merged model on the group's
+    tasks with their own heads (in-distribution) and on the other tasks with a head trained
+    on K examples per class over the frozen merged model (held-out)."""
+
+    kinds: list[AdapterKind] = Field(default_factory=lambda: ["bottleneck", "lora", "sparse"], min_length=1)
+    methods: list[str] = Field(default_factory=lambda: ["mera-avg", "ta", "ties"], min_length=1)
+    sizes: list[int] = Field(default_factory=lambda: [2, 5, 10, 15], min_length=1)  # N tasks merged
+    draws: int = Field(1, gt=0)  # random groups per N (nested: draw d's N tasks hold its smaller groups)
+    seed: int = 0  # the groups' draw
+    lr_by_kind: dict[str, float] = Field(default_factory=dict)  # pretraining lr per kind (default pretrain.lr)
+    heldout_shots: int = Field(16, gt=0)  # K per class of a held-out task's head
+    heldout_seeds: list[int] = Field(default_factory=lambda: [13], min_length=1)
+    head_steps: int = Field(200, gt=0)  # head training on the frozen merged model's features
+    head_lr: float = Field(1e-3, gt=0)
+    head_batch_size: int = Field(8, gt=0)
+
+    @field_validator("methods")
+    @classmethod
+    def _registered(cls, methods: list[str]) -> list[str]:
+        return MergeConfig._registered_methods(methods)
+
+    @field_validator("sizes")
+    @classmethod
+    def _at_least_two(cls, sizes: list[int]) -> list[int]:
+        if any(n < 2 for n in sizes):
+            raise ValueError(f"every group size merges at least 2 tasks, got {sizes}")
+        return sorted(set(sizes))
+
+    @field_validator("lr_by_kind")
+    @classmethod
+    def _lr_kinds(cls, lrs: dict[str, float]) -> dict[str, float]:
+        return _rates(lrs, ADAPTER_KINDS, "adapter kind")
+
+
+def _no_fewshot() -> "FewshotConfig":
+    """The fewshot section of a sweep that only runs merge-eval: no targets, nothing to fine-tune."""
+    return FewshotConfig.model_construct(targets=[], inits=[], shots=[], seeds=[])
 
 
 class RunConfig(_Section):
@@ -175,9 +225,41 @@ class SweepConfig(_Section):
     data: DataConfig = DataConfig()
     pretrain: PretrainConfig
     merge: MergeConfig = MergeConfig()
-    fewshot: FewshotConfig
+    fewshot: FewshotConfig  # may be left out when `multitask` is given
+    multitask: MultitaskConfig | None = None
     run: RunConfig = RunConfig()
     paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fewshot_or_multitask(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or raw.get("multitask") is None:
+            return raw
+        fewshot = raw.get("fewshot")
+        if fewshot is None or isinstance(fewshot, dict) and not fewshot.get("targets"):  # also as dumped
+            return {**raw, "fewshot": _no_fewshot()}
+        return raw
+
+    @model_validator(mode="after")
+    def _multitask_fits(self) -> "SweepConfig":
+        mt = self.multitask
+        if mt is None:
+            return self
+        pool = len(self.pretrain.tasks)
+        if max(mt.sizes) > pool:
+            raise ValueError(f"multitask.sizes {mt.sizes}: a group of {max(mt.sizes)} tasks needs as many in "
+                             f"pretrain.tasks, which has {pool}; accepted: sizes from 2 to {pool}")
+        extra = sorted(set(mt.lr_by_kind) - set(mt.kinds))
+        if extra:
+            raise ValueError(f"multitask.lr_by_kind names {extra}, which are not in multitask.kinds {mt.kinds}")
+        return self
+
+    def kind_config(self, kind: str) -> "SweepConfig":
+        """This sweep as pretrained for the adapter kind `kind` of the multitask study (its lr from
+        multitask.lr_by_kind): the pretraining units of each kind are keyed apart."""
+        lr = self.multitask.lr_by_kind.get(kind, self.pretrain.lr) if self.multitask else self.pretrain.lr
+        return self.model_copy(update={"model": self.model.model_copy(update={"adapter": kind}),
+                                       "pretrain": self.pretrain.model_copy(update={"lr": lr})})
 
     @model_validator(mode="after")
     def _inits_are_known(self) -> "SweepConfig":

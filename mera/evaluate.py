@@ -29,6 +29,26 @@ def predict(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int
     return out
 
 
+@torch.no_grad()  # not inference_mode: heads are trained on these features
+def features(model, tokenizer, items: Encoded, batch_size: int = 64, *, device: str = "cpu",
+             bf16: bool = False) -> torch.Tensor:
+    """What a classification head reads: the last layer's first-token state (adapters'
+    ClassificationHead without pooler), one fp32 row per item, in items' order (eval mode)."""
+    model.to(device)
+    model.eval()
+    chunks, order = [], []
+    for idx in length_batches(items.lengths, batch_size, rng=None):
+        batch = {k: v.to(device, non_blocking=True) for k, v in items.batch(idx, tokenizer.pad_token_id).items()}
+        with autocast(device, bf16):
+            chunks.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float())
+        order += idx
+    if not chunks:
+        return torch.zeros(0, model.config.hidden_size)
+    out = torch.empty_like(feats := torch.cat(chunks).cpu())
+    out[order] = feats
+    return out
+
+
 def scores(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> dict[str, float]:
     f1s = []
     for c in range(num_labels):

@@ -80,6 +80,8 @@ def check_data(cfg: SweepConfig) -> dict[str, str]:
             df = data.load_split(cfg.data_dir(), spec, split)
             if n in cfg.fewshot.targets and split == "train":
                 check_shots(cfg, spec, df)
+            if cfg.multitask is not None and split == "train":
+                check_heldout_shots(cfg, spec, df)
     tracks = {n: s.track for n, s in specs.items()}
     check_groups(cfg, tracks)
     return tracks
@@ -99,6 +101,16 @@ def check_shots(cfg: SweepConfig, spec, train) -> None:
                     f"({spec.label_names[smallest_class]!r}) has {smallest} training examples, {need} are needed per "
                     f"class{' (shots + the best-source dev sample)' if with_dev else ''}; accepted: shots up to "
                     f"{max(largest_ok, 0)}")
+
+
+def check_heldout_shots(cfg: SweepConfig, spec, train) -> None:
+    """A held-out head of the multitask study draws multitask.heldout_shots per class."""
+    need = cfg.multitask.heldout_shots
+    counts = train["label"].value_counts()
+    smallest = min(int(counts.get(c, 0)) for c in range(spec.num_labels))
+    if smallest < need:
+        raise TaskError(f"multitask.heldout_shots {need} is too large for task {spec.name!r}: its smallest class has "
+                        f"{smallest} training examples; accepted: heldout_shots up to {smallest}")
 
 
 def check_groups(cfg: SweepConfig, tracks: dict[str, str]) -> None:

@@ -351,14 +351,45 @@ def _caps(cfg: SweepConfig, shots: list[int]) -> list[str]:
 
 
 def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None,
-                 merges: list[dict] | None = None, failures: list[dict] | None = None) -> Path:
-    """reports/<name>/report.md + report.html + plots, and results/metrics.json for DVC."""
+                 merges: list[dict] | None = None, failures: list[dict] | None = None,
+                 mergeevals: list[dict] | None = None) -> Path:
+    """reports/<name>/report.md + report.html + plots, and results/metrics.json for DVC.
+    `mergeevals`: the multitask study's results, failures and skipped (n/a) cells."""
     out_dir = cfg.paths.resolve("reports") / cfg.name
     acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
     shots = sorted(cfg.fewshot.shots)
     tracks = {r["target"]: r.get("track", "?") for r in results}
     tests = comparisons(results)
-    body = [f"# mera-bench report: {cfg.name}", "", *_caps(cfg, shots), "",
+    body = [f"# mera-bench report: {cfg.name}", ""]
+    if cfg.fewshot.targets:
+        body += fewshot_section(cfg, results, acc, f1, shots, tracks, tests, merges, failures, out_dir)
+    multitask = None
+    if cfg.multitask is not None:
+        from mera.multitask_report import section
+
+        lines, multitask = section(cfg, mergeevals or [], out_dir)
+        body += lines
+    if timings:
+        body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
+                 *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
+    text = "\n".join(body)
+    report = out_dir / "report.md"
+    _atomic_write(report, lambda p: p.write_text(text))
+    _atomic_write(out_dir / "report.html", lambda p: p.write_text(to_html(text, out_dir, cfg.name)))
+    done_evals = [e for e in mergeevals or [] if "summary" in e]
+    metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1, "comparisons": tests, "failed": failures or [],
+               "mean_accuracy_by_init": _mean_by_init(acc),
+               "units": sorted(r["key"] for r in results + done_evals),
+               **({"multitask": multitask} if multitask is not None else {})}
+    _atomic_write(cfg.paths.resolve("results") / "metrics.json",
+                  lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
+    return report
+
+
+def fewshot_section(cfg: SweepConfig, results, acc, f1, shots, tracks, tests, merges, failures,
+                    out_dir: Path) -> list[str]:
+    """The few-shot benchmark's tables, tests and plots (METHOD.md 8)."""
+    body = [*_caps(cfg, shots), "",
             "## Accuracy (%), mean ± std over seeds", "", table(acc, shots, failed_cells(failures or [])), "",
             "## (a) OT merges vs naive merges", "", comparison_table(tests["ot_vs_naive"]), "",
             "## (b) Same-track vs cross-track", "", comparison_table(tests["same_vs_cross"]), "",
@@ -373,19 +404,7 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
         caption = plot_plan(*example, out_dir / "ot_plan.png")
         body += ["## One OT plan", "", caption, "", "![OT plan](ot_plan.png)", ""]
     body += ["## Macro-F1 (%)", "", table(f1, shots), ""]
-    body += paper_section(sorted(acc), acc, shots)
-    if timings:
-        body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
-                 *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
-    text = "\n".join(body)
-    report = out_dir / "report.md"
-    _atomic_write(report, lambda p: p.write_text(text))
-    _atomic_write(out_dir / "report.html", lambda p: p.write_text(to_html(text, out_dir, cfg.name)))
-    metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1, "comparisons": tests, "failed": failures or [],
-               "mean_accuracy_by_init": _mean_by_init(acc), "units": sorted(r["key"] for r in results)}
-    _atomic_write(cfg.paths.resolve("results") / "metrics.json",
-                  lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
-    return report
+    return body + paper_section(sorted(acc), acc, shots)
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

@@ -19,7 +19,7 @@ from mera.inits import Init
 from mera.tasks import TASK_VERSION, read_task
 from mera.tracking import Tracker, flatten
 
-STAGES = ("prepare", "pretrain", "merge", "fewshot", "report")
+STAGES = ("prepare", "pretrain", "merge", "fewshot", "mergeeval", "report")
 ADAPTER_SUBDIR = "adapter"
 EVAL_SEED = 0  # the validation cap draws the same examples for every run
 
@@ -44,7 +44,8 @@ def tracker(cfg: SweepConfig) -> Tracker:
 
 
 def sweep_key(cfg: SweepConfig) -> str:
-    return artifacts.unit_key("sweep", {**cfg.model_dump(exclude={"paths", "run"}), "model": cfg.model.identity()})
+    exclude = {"paths", "run"} | ({"multitask"} if cfg.multitask is None else set())  # keys from before it existed
+    return artifacts.unit_key("sweep", {**cfg.model_dump(exclude=exclude), "model": cfg.model.identity()})
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,16 @@ def prepare(cfg: SweepConfig, task: str, parent_id: str | None = None) -> dict:
 
 # ---- pretrain --------------------------------------------------------------------------
 
+def adapter_name(task: str, kind: str) -> str:
+    """A pretrained adapter's readable name: the task, plus the kind when not a bottleneck."""
+    return task if kind == "bottleneck" else f"{task}.{kind}"
+
+
 def pretrain_unit(cfg: SweepConfig, prep: dict) -> Unit:
     settings = cfg.pretrain.model_dump(exclude={"tasks"})
-    return Unit("adapters", prep["task"], {"task": prep["task"], "data": prep["hash"], "model": cfg.model.identity(),
-                                           "pretrain": settings, "max_eval": cfg.data.max_eval})
+    return Unit("adapters", adapter_name(prep["task"], cfg.model.adapter), {
+        "task": prep["task"], "data": prep["hash"], "model": cfg.model.identity(), "pretrain": settings,
+        "max_eval": cfg.data.max_eval})
 
 
 def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict:
@@ -404,6 +411,126 @@ def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: 
     return _run_unit(cfg, unit, parent_id, tags, work)
 
 
+# ---- mergeeval (multi-task merging, no fine-tuning) ---------------------------------------
+
+MERGEEVAL_VERSION = 1  # bump when what a merge-eval measures changes: it enters its key
+
+
+def pretrain_kinds(cfg: SweepConfig) -> list[str]:
+    """The adapter kinds the sweep pretrains: model.adapter for the fine-tunes, plus the
+    multitask study's kinds."""
+    kinds = [cfg.model.adapter] if cfg.fewshot.targets else []
+    return kinds + [k for k in (cfg.multitask.kinds if cfg.multitask else []) if k not in kinds]
+
+
+def pretrain_config(cfg: SweepConfig, kind: str) -> SweepConfig:
+    """The config a kind's adapters are pretrained under (the sweep's own for model.adapter)."""
+    return cfg if kind == cfg.model.adapter and cfg.fewshot.targets else cfg.kind_config(kind)
+
+
+def mergeeval_grid(cfg: SweepConfig) -> list[dict]:
+    """Every merge-eval of the multitask study: kind x method x (N, draw); a method that
+    cannot merge a kind is listed with the reason (`not_applicable`) and never run."""
+    from mera.multitask import groups, not_applicable
+
+    mt = cfg.multitask
+    if mt is None:
+        return []
+    return [{"kind": kind, "method": method, "n": n, "draw": d, "members": members,
+             "not_applicable": not_applicable(kind, method)}
+            for kind in mt.kinds for method in mt.methods
+            for n, d, members in groups(cfg.pretrain.tasks, mt.sizes, mt.draws, mt.seed)]
+
+
+def mergeeval_unit(cfg: SweepConfig, kind: str, method: str, n: int, draw: int, members: list[str],
+                   pool: list[dict]) -> Unit:
+    from mera.merge import get_method
+
+    mt = cfg.multitask
+    by_task = {r["task"]: r["key"] for r in pool}
+    return Unit("mergeeval", f"{kind}.{method}.n{n}.d{draw}", {
+        "kind": kind, "model": cfg.kind_config(kind).model.identity(), "method": method,
+        "method_version": get_method(method).version, "merge_params": cfg.merge.params.get(method, {}),
+        "n": n, "draw": draw, "members": sorted(members), "pool": sorted(by_task.values()),
+        "heldout": mt.model_dump(include={"heldout_shots", "heldout_seeds", "head_steps", "head_lr",
+                                          "head_batch_size"}),
+        "max_eval": cfg.data.max_eval, "version": MERGEEVAL_VERSION})
+
+
+def mergeeval(cfg: SweepConfig, kind: str, method: str, n: int, draw: int, members: list[str], pool: list[dict],
+              parent_id: str | None = None) -> dict:
+    """Merge the group's adapters of one kind and evaluate the merged model, without
+    fine-tuning, on every task of the pool: the group's with their own heads, the others with
+    a K-shot head over the frozen merged model (mera.multitask)."""
+    from mera import multitask as mtl
+
+    mt = cfg.multitask
+    params = dict(cfg.merge.params.get(method, {}))
+    unit = mergeeval_unit(cfg, kind, method, n, draw, members, pool)
+    kcfg = cfg.kind_config(kind)
+    by_task = {r["task"]: r for r in pool}
+    heads = mtl.HeadSettings(mt.head_steps, mt.head_lr, mt.head_batch_size)
+
+    def work(tmp: Path):
+        import torch
+
+        from mera.evaluate import features
+        from mera.merge import get_method, merge as merge_states
+        from mera.models import read_adapter
+        from mera.tokens import encode
+
+        group = [by_task[t] for t in sorted(members)]
+        dirs = [Path(r["path"]) / ADAPTER_SUBDIR for r in group]
+        read = [read_adapter(d) for d in dirs]
+        names, sizes = [r["task"] for r in group], [r["n_train_available"] for r in group]
+        acts = None
+        if get_method(method).align == "ot-acts":
+            from mera.merge import resolve_anchor
+
+            anchor = resolve_anchor(params.get("anchor", "largest"), len(group), names, sizes)
+            acts = calibration(kcfg, names[0], names, dirs[anchor if isinstance(anchor, int) else 0], params)
+        merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes,
+                                    **params)
+        keep = kind not in mtl.DELTA_KINDS  # the merged adapter is small and loadable; a delta is rebuilt
+        model, tok = mtl.merged_model(kcfg.model, read[0][0], merged, tmp / ADAPTER_SUBDIR if keep else tmp / "w")
+        del merged, read
+        rt = runtime(cfg)
+        rows = []
+        for task, r in sorted(by_task.items()):
+            spec = read_task(cfg.data_dir(), task)
+            val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
+            labels = torch.tensor(val["label"].to_numpy(), dtype=torch.long)
+            feats = features(model, tok, eval_tokens(kcfg, spec, tok, val, r["params"]["data"]), rt.eval_batch_size,
+                             device=rt.device, bf16=rt.bf16)
+            own = r["metrics"]["accuracy"]
+            if task in members:
+                head = mtl.load_head(model, mtl.head_dir(Path(r["path"]) / ADAPTER_SUBDIR, kind), f"own-{task}")
+                accs = [mtl.accuracy(mtl.head_logits(head.to("cpu"), feats), labels)]
+            else:
+                train_split = data.load_split(cfg.data_dir(), spec, "train")
+                accs = []
+                for seed in mt.heldout_seeds:
+                    shots = data.sample_k_shot(train_split, mt.heldout_shots, seed, spec.num_labels)
+                    fk = features(model, tok, encode(tok, shots, cfg.model.max_length), rt.eval_batch_size,
+                                  device=rt.device, bf16=rt.bf16)
+                    head = mtl.fresh_head(model, f"k-{task}-{seed}", spec.num_labels, seed).to("cpu")
+                    mtl.train_head(head, fk, torch.tensor(shots["label"].to_numpy(), dtype=torch.long), heads, seed)
+                    accs.append(mtl.accuracy(mtl.head_logits(head, feats), labels))
+            acc = sum(accs) / len(accs)
+            rows.append({"task": task, "track": r["track"], "split": "in" if task in members else "held",
+                         "accuracy": acc, "per_seed": accs, "own_accuracy": own,
+                         "normalised": acc / own if own > 0 else float("nan"), "n_eval": len(val)})
+        (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1, default=str))
+        summary = mtl.summarise(rows)
+        manifest = {"kind": kind, "method": method, "n": n, "draw": draw, "members": sorted(members), "rows": rows,
+                    "summary": summary, "weights_kept": "adapter" if keep else "none (a delta: re-merge to rebuild)",
+                    "runtime": rt.describe()}
+        return manifest, summary
+
+    tags = {"kind": kind, "method": method, "n": n, "draw": draw}
+    return _run_unit(cfg, unit, parent_id, tags, work)
+
+
 def upstream_of(cfg: SweepConfig, init: Init, target: str, group: str | None, tracks: dict[str, str],
                 adapters: dict[str, dict], merges: dict) -> list[dict] | None:
     """The results an init starts from; None when the cell does not exist (empty group, or
@@ -441,7 +568,7 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
     """The sweep's DAG through manifests alone, nothing run: per stage the finished units'
     results ("done"), the names of the units not finished ("missing"; a unit whose upstream
     is missing is missing too), and of those the ones whose last attempt failed ("failed")."""
-    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in STAGES[:4]}
+    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in STAGES[:-1]}
 
     def check(stage: str, name: str, unit: Unit | None) -> dict | None:
         m = unit.done(cfg) if unit is not None else None
@@ -456,7 +583,19 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
     names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
     present = {n for n in names if (cfg.data_dir() / n / "meta.json").is_file()}
     preps = {n: check("prepare", n, prepare_unit(cfg, n) if n in present else None) for n in names}
-    adapters = {s: check("pretrain", s, pretrain_unit(cfg, preps[s]) if preps[s] else None) for s in cfg.pretrain.tasks}
+    by_kind = {}
+    for kind in pretrain_kinds(cfg):
+        kcfg = pretrain_config(cfg, kind)
+        by_kind[kind] = {s: check("pretrain", adapter_name(s, kind),
+                                  pretrain_unit(kcfg, preps[s]) if preps[s] else None) for s in cfg.pretrain.tasks}
+    adapters = by_kind.get(cfg.model.adapter, {})
+    for g in mergeeval_grid(cfg):
+        if g["not_applicable"]:
+            continue
+        pool = [by_kind[g["kind"]][s] for s in cfg.pretrain.tasks]
+        unit = mergeeval_unit(cfg, g["kind"], g["method"], g["n"], g["draw"], g["members"], pool) \
+            if None not in pool else None
+        check("mergeeval", f"{g['kind']}.{g['method']}.n{g['n']}.d{g['draw']}", unit)
     if None in preps.values():  # tracks unknown: later stages cannot even be listed
         return out
     tracks = {n: p["track"] for n, p in preps.items()}
@@ -484,6 +623,7 @@ def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
     state = walk(cfg)
     if any(state[s]["missing"] for s in stages if s in state):
         return None
-    if until == "report" and report_keys(cfg) != sorted(r["key"] for r in state["fewshot"]["done"]):
+    reported = state["fewshot"]["done"] + state["mergeeval"]["done"]
+    if until == "report" and report_keys(cfg) != sorted(r["key"] for r in reported):
         return None
     return {s: state[s]["done"] for s in stages if s in state}

@@ -98,9 +98,16 @@ def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, 
     return units.fewshot(cfg, prep, cfg.init(init), group, shots, seed, upstream, parent_id)
 
 
+@task(name="mergeeval", task_run_name="mergeeval-{kind}-{method}-n{n}-d{draw}",
+      cache_key_fn=_manifest_key(units.mergeeval_unit), **_COMMON)
+def mergeeval(config: dict, kind: str, method: str, n: int, draw: int, members: list[str], pool: list[dict],
+              parent_id: str | None = None) -> dict:
+    return units.mergeeval(_cfg(config), kind, method, n, draw, members, pool, parent_id)
+
+
 @task(name="report")
 def report(config: dict, results: list[dict], timings: dict, merges: list[dict] | None = None,
-           failures: list[dict] | None = None) -> str:
+           failures: list[dict] | None = None, mergeevals: list[dict] | None = None) -> str:
     from mera.report import write_report
 
-    return str(write_report(_cfg(config), results, timings, merges, failures))
+    return str(write_report(_cfg(config), results, timings, merges, failures, mergeevals))

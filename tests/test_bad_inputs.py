@@ -105,6 +105,9 @@ CONFIG_CASES = {
     "bad merge value": ("merge.params", {"mera-avg": {}, "ties": {"density": 3}}, ["ties", "density must be in [0, 1]"]),
     "unknown adapter kind": ("model.adapter", "lorra", ["model.adapter", "'bottleneck', 'houlsby', 'lora', 'sparse'"]),
     "few-shot from a sparse delta": ("model.adapter", "sparse", ["model.adapter 'sparse'", "accepted with sparse"]),
+    "multitask group larger than the pool": ("multitask", {"sizes": [2, 50]},
+                                             ["multitask.sizes [2, 50]", "accepted: sizes from 2 to"]),
+    "multitask unknown adapter kind": ("multitask", {"kinds": ["bottleneck", "dense"]}, ["multitask.kinds", "'dense'"]),
 }
 
 
@@ -165,6 +168,9 @@ DATA_CASES = {
                                 ["mr2/meta.json names task 'mr' but lives in directory 'mr2'"]),
     "K larger than the smallest class": (lambda s: None, {"fewshot.shots": [100000]},
                                          ["fewshot.shots 100000 is too large for target 'cr'", "accepted: shots up to"]),
+    "held-out K larger than a task's smallest class": (
+        lambda s: None, {"multitask": {"heldout_shots": 100000}},
+        ["multitask.heldout_shots 100000 is too large for task", "accepted: heldout_shots up to"]),
     "group empty once the target is removed": (
         lambda s: None, {"merge.groups": ["same-track"], "pretrain.tasks": ["mr", "rte"], "fewshot.targets": ["mrpc"]},
         ["group 'same-track' is empty for target 'mrpc'", "add a source"]),
