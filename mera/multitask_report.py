@@ -85,10 +85,12 @@ def plot(cfg: SweepConfig, data: dict, metric: str, path: Path) -> bool:
                 continue
             means = [100 * statistics.fmean(by_n[n][metric]) for n in ns]
             stds = [100 * statistics.stdev(by_n[n][metric]) if len(by_n[n][metric]) > 1 else 0 for n in ns]
-            ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=method)
+            color = f"C{cfg.multitask.methods.index(method) % 10}"  # one colour per method in every panel
+            ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=method, color=color)
         ax.axhline(100, color="grey", lw=0.8, ls="--")
         ax.set(title=kind, xlabel="N (tasks merged)", ylabel=f"{SPLITS[metric.split('_')[0]]} accuracy (% of own)")
-    axes.flat[0].legend(fontsize=7, loc="best")
+    for ax in axes.flat:
+        ax.legend(fontsize=7, loc="best")
     _save(fig, path)
     return True
 

@@ -169,7 +169,7 @@ DATA_CASES = {
     "K larger than the smallest class": (lambda s: None, {"fewshot.shots": [100000]},
                                          ["fewshot.shots 100000 is too large for target 'cr'", "accepted: shots up to"]),
     "held-out K larger than a task's smallest class": (
-        lambda s: None, {"multitask": {"heldout_shots": 100000}},
+        lambda s: None, {"multitask": {"heldout_shots": 100000, "sizes": [2]}},
         ["multitask.heldout_shots 100000 is too large for task", "accepted: heldout_shots up to"]),
     "group empty once the target is removed": (
         lambda s: None, {"merge.groups": ["same-track"], "pretrain.tasks": ["mr", "rte"], "fewshot.targets": ["mrpc"]},
@@ -219,7 +219,7 @@ def test_report_for_a_sweep_never_run(project):
 def test_bad_until_and_unknown_import_task(project):
     root, source, _ = project
     assert_clean_failure(mera(["run", "--config", "ok.yaml", "--until", "merg"], root), "--until 'merg'",
-                         "prepare, pretrain, merge, fewshot, report")
+                         "prepare, pretrain, merge, fewshot, mergeeval, report")
     assert_clean_failure(mera(["data", "import", "--from", str(source), "--tasks", "rtee", "--no-dvc"], root),
                          "task 'rtee'", "did you mean 'rte'")
 
