@@ -10,23 +10,40 @@ from mera.tokens import Encoded, encode
 from mera.train import autocast, length_batches
 
 
-@torch.inference_mode()
-def predict(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64, *,
-            items: Encoded | None = None, device: str = "cpu", bf16: bool = False) -> np.ndarray:
-    """Logits (fp32) for every row of df, in df's order; `items` are df's rows already tokenised."""
-    items = encode(tokenizer, df, max_length) if items is None else items
+def _batched(model, tokenizer, items: Encoded, batch_size: int, device: str, bf16: bool, output) -> torch.Tensor | None:
+    """`output(model outputs)` (fp32) for every item, in items' order, batched by length in
+    eval mode; None for no items. Results stay on the device until the end."""
     model.to(device)
     model.eval()
     chunks, order = [], []
     for idx in length_batches(items.lengths, batch_size, rng=None):
         batch = {k: v.to(device, non_blocking=True) for k, v in items.batch(idx, tokenizer.pad_token_id).items()}
         with autocast(device, bf16):
-            chunks.append(model(**batch).logits.float())  # stays on the device until the end
+            chunks.append(output(model(**batch, output_hidden_states=output is _first_token)).float())
         order += idx
-    logits = torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
-    out = np.empty_like(logits)
-    out[order] = logits
+    if not chunks:
+        return None
+    rows = torch.cat(chunks).cpu()
+    out = torch.empty_like(rows)
+    out[order] = rows
     return out
+
+
+def _logits(outputs) -> torch.Tensor:
+    return outputs.logits
+
+
+def _first_token(outputs) -> torch.Tensor:
+    return outputs.hidden_states[-1][:, 0]
+
+
+@torch.inference_mode()
+def predict(model, tokenizer, df: pd.DataFrame, max_length: int, batch_size: int = 64, *,
+            items: Encoded | None = None, device: str = "cpu", bf16: bool = False) -> np.ndarray:
+    """Logits (fp32) for every row of df, in df's order; `items` are df's rows already tokenised."""
+    items = encode(tokenizer, df, max_length) if items is None else items
+    logits = _batched(model, tokenizer, items, batch_size, device, bf16, _logits)
+    return logits.numpy() if logits is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 @torch.no_grad()  # not inference_mode: heads are trained on these features
@@ -34,19 +51,8 @@ def features(model, tokenizer, items: Encoded, batch_size: int = 64, *, device: 
              bf16: bool = False) -> torch.Tensor:
     """What a classification head reads: the last layer's first-token state (adapters'
     ClassificationHead without pooler), one fp32 row per item, in items' order (eval mode)."""
-    model.to(device)
-    model.eval()
-    chunks, order = [], []
-    for idx in length_batches(items.lengths, batch_size, rng=None):
-        batch = {k: v.to(device, non_blocking=True) for k, v in items.batch(idx, tokenizer.pad_token_id).items()}
-        with autocast(device, bf16):
-            chunks.append(model(**batch, output_hidden_states=True).hidden_states[-1][:, 0].float())
-        order += idx
-    if not chunks:
-        return torch.zeros(0, model.config.hidden_size)
-    out = torch.empty_like(feats := torch.cat(chunks).cpu())
-    out[order] = feats
-    return out
+    feats = _batched(model, tokenizer, items, batch_size, device, bf16, _first_token)
+    return feats if feats is not None else torch.zeros(0, model.config.hidden_size)
 
 
 def scores(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> dict[str, float]:
