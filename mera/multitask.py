@@ -57,9 +57,10 @@ def head_dir(adapter_dir: Path, kind: str) -> Path:
     return Path(adapter_dir) / "head" if kind in DELTA_KINDS else Path(adapter_dir)
 
 
-def merged_model(model_cfg, meta: dict, state: dict[str, torch.Tensor], work_dir: Path):
-    """The base model holding the merged adapter (adapters) or with the merged delta added to
-    its weights (sparse / full). Returns (model, tokenizer)."""
+def merged_model(model_cfg, meta: dict, state: dict[str, torch.Tensor], adapter_dir: Path):
+    """The base model holding the merged adapter, written to `adapter_dir` and loaded from
+    there, or with the merged delta added to its weights (sparse / full: nothing is written).
+    Returns (model, tokenizer)."""
     from mera import deltas
     from mera.models import build_model, write_adapter
 
@@ -67,8 +68,8 @@ def merged_model(model_cfg, meta: dict, state: dict[str, torch.Tensor], work_dir
         model, tok = build_model(model_cfg, 2, adapter=False)
         deltas.apply_delta(model, state)
         return model, tok
-    write_adapter(work_dir, meta, state)
-    return build_model(model_cfg, 2, adapter_dir=work_dir)
+    write_adapter(adapter_dir, meta, state)
+    return build_model(model_cfg, 2, adapter_dir=adapter_dir)
 
 
 def load_head(model, directory: Path, name: str) -> torch.nn.Module:

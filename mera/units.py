@@ -492,7 +492,7 @@ def mergeeval(cfg: SweepConfig, kind: str, method: str, n: int, draw: int, membe
         merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes,
                                     **params)
         keep = kind not in mtl.DELTA_KINDS  # the merged adapter is small and loadable; a delta is rebuilt
-        model, tok = mtl.merged_model(kcfg.model, read[0][0], merged, tmp / ADAPTER_SUBDIR if keep else tmp / "w")
+        model, tok = mtl.merged_model(kcfg.model, read[0][0], merged, tmp / ADAPTER_SUBDIR)
         del merged, read
         rt = runtime(cfg)
         rows = []
