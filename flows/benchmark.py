@@ -98,10 +98,10 @@ def benchmark(config: dict, until: str = "report") -> dict:
             jobs, evals = {}, {}
             grid = units.mergeeval_grid(cfg)
             for i, g in enumerate(grid):
+                if g["not_applicable"]:  # listed as n/a by the report
+                    continue
                 pool = [by_kind[(g["kind"], s)] for s in cfg.pretrain.tasks]
-                if g["not_applicable"]:
-                    evals[i] = {**g, "skipped": g["not_applicable"]}
-                elif blocked := _blocked(pool):
+                if blocked := _blocked(pool):
                     evals[i] = {**g, **blocked}
                 else:
                     jobs[i] = t.mergeeval.submit(config, g["kind"], g["method"], g["n"], g["draw"], g["members"],

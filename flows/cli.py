@@ -106,7 +106,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     """(Re)write the report from the fine-tunes finished so far."""
     from mera.report import write_report
-    from mera.units import mergeeval_grid, walk
+    from mera.units import walk
 
     cfg = _load(args)
     state = walk(cfg)
@@ -114,8 +114,7 @@ def cmd_report(args) -> int:
     if not results and not evals:
         raise ConfigError(f"sweep {cfg.name!r} has no finished fine-tunes or merge-evals under "
                           f"{cfg.paths.resolve('artifacts')}; run `mera run --config {args.config}` first")
-    skipped = [{**g, "skipped": g["not_applicable"]} for g in mergeeval_grid(cfg) if g["not_applicable"]]
-    path = write_report(cfg, results, None, state["merge"]["done"], None, evals + skipped)
+    path = write_report(cfg, results, None, state["merge"]["done"], None, evals)
     left = len(state["fewshot"]["missing"]) + len(state["mergeeval"]["missing"])
     print(f"report: {path} ({len(results)} fine-tunes, {len(evals)} merge-evals"
           f"{f'; {left} not finished yet' if left else ''})")

@@ -19,7 +19,7 @@ def collect(evals: list[dict]) -> dict:
     that group's tasks), so a cell's spread is over draws."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for e in evals:
-        if e.get("failed") or e.get("skipped") or "summary" not in e:
+        if e.get("failed") or "summary" not in e:
             continue
         for key, value in e["summary"].items():
             if not key.endswith("_n"):
@@ -96,10 +96,13 @@ def plot(cfg: SweepConfig, data: dict, metric: str, path: Path) -> bool:
 
 
 def section(cfg: SweepConfig, evals: list[dict], out_dir: Path) -> tuple[list[str], dict]:
-    """Markdown lines and the metrics.json entry of the multitask study."""
+    """Markdown lines and the metrics.json entry of the multitask study; `evals` are its
+    results and failures (the n/a cells follow from the config)."""
     mt = cfg.multitask
     data = collect(evals)
-    skipped = {(e["kind"], e["method"]): e["skipped"] for e in evals if e.get("skipped")}
+    from mera.multitask import not_applicable
+
+    skipped = {(k, m): why for k in mt.kinds for m in mt.methods if (why := not_applicable(k, m))}
     failed = {(e["kind"], e["method"], int(e["n"])): e["failed"] for e in evals if e.get("failed")}
     own = own_adapters(evals)
     body = ["## Multi-task merging without fine-tuning (merge-eval)", "",

@@ -354,7 +354,7 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
                  merges: list[dict] | None = None, failures: list[dict] | None = None,
                  mergeevals: list[dict] | None = None) -> Path:
     """reports/<name>/report.md + report.html + plots, and results/metrics.json for DVC.
-    `mergeevals`: the multitask study's results, failures and skipped (n/a) cells."""
+    `mergeevals`: the multitask study's results and failures."""
     out_dir = cfg.paths.resolve("reports") / cfg.name
     acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
     shots = sorted(cfg.fewshot.shots)

@@ -306,30 +306,40 @@ def calibration(cfg: SweepConfig, target: str, sources: list[str], anchor_dir: P
     return from_tasks(cfg.model, anchor_dir, cfg.data_dir(), tasks, params)
 
 
+def merge_members(cfg: SweepConfig, target: str, method: str, params: dict, members: list[dict]):
+    """Read the members' adapters (results of pretrain, in order) and merge them with
+    `method`, calibrating ot-acts methods on the sources' (or target's) inputs. Returns
+    (the first adapter's config, merged tensors, diagnostics, the resolved anchor)."""
+    from mera.merge import get_method, merge as merge_states, resolve_anchor
+    from mera.models import read_adapter
+
+    names = [r["task"] for r in members]
+    sizes = [r["n_train_available"] for r in members]
+    dirs = [Path(r["path"]) / ADAPTER_SUBDIR for r in members]
+    read = [read_adapter(d) for d in dirs]
+    anchor = resolve_anchor(params.get("anchor", "largest"), len(members), names, sizes)
+    acts = None
+    if get_method(method).align == "ot-acts" and len(members) > 1:
+        acts = calibration(cfg, target, names, dirs[anchor if isinstance(anchor, int) else 0], params)
+    merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes, **params)
+    return read[0][0], merged, diag, anchor
+
+
 def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[dict],
           parent_id: str | None = None) -> dict:
     """Fuse the group's adapters into one with the named method; saved in the adapters format."""
-    from mera.merge import get_method, mean_costs, resolve_anchor
+    from mera.merge import mean_costs
 
     params = dict(cfg.merge.params.get(method, {}))
     members = sorted(members, key=lambda r: r["task"])
     unit = merge_unit(cfg, target, group, method, members)
 
     def work(tmp: Path):
-        from mera.merge import merge as merge_states
-        from mera.models import read_adapter, write_adapter
+        from mera.models import write_adapter
 
         names = [r["task"] for r in members]
-        sizes = [r["n_train_available"] for r in members]
-        dirs = [Path(r["path"]) / ADAPTER_SUBDIR for r in members]
-        read = [read_adapter(d) for d in dirs]
-        anchor = resolve_anchor(params.get("anchor", "largest"), len(members), names, sizes)
-        acts = None
-        if get_method(method).align == "ot-acts" and len(members) > 1:
-            acts = calibration(cfg, target, names, dirs[anchor if isinstance(anchor, int) else 0], params)
-        merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes,
-                                    **params)
-        write_adapter(tmp / ADAPTER_SUBDIR, read[0][0], merged)
+        meta, merged, diag, anchor = merge_members(cfg, target, method, params, members)
+        write_adapter(tmp / ADAPTER_SUBDIR, meta, merged)
         (tmp / "diagnostics.json").write_text(json.dumps(diag, indent=1))
         metrics = {"n_sources": len(members), **mean_costs(diag)}
         align = diag.get("alignment")
@@ -475,25 +485,14 @@ def mergeeval(cfg: SweepConfig, kind: str, method: str, n: int, draw: int, membe
         import torch
 
         from mera.evaluate import features
-        from mera.merge import get_method, merge as merge_states
-        from mera.models import read_adapter
         from mera.tokens import encode
 
         group = [by_task[t] for t in sorted(members)]
-        dirs = [Path(r["path"]) / ADAPTER_SUBDIR for r in group]
-        read = [read_adapter(d) for d in dirs]
-        names, sizes = [r["task"] for r in group], [r["n_train_available"] for r in group]
-        acts = None
-        if get_method(method).align == "ot-acts":
-            from mera.merge import resolve_anchor
-
-            anchor = resolve_anchor(params.get("anchor", "largest"), len(group), names, sizes)
-            acts = calibration(kcfg, names[0], names, dirs[anchor if isinstance(anchor, int) else 0], params)
-        merged, diag = merge_states(method, [st for _, st in read], activations=acts, names=names, sizes=sizes,
-                                    **params)
+        # ot-acts calibrates on the group's own inputs (there is no target; `calib: target` = its first task)
+        meta, merged, diag, _ = merge_members(kcfg, group[0]["task"], method, params, group)
         keep = kind not in mtl.DELTA_KINDS  # the merged adapter is small and loadable; a delta is rebuilt
-        model, tok = mtl.merged_model(kcfg.model, read[0][0], merged, tmp / ADAPTER_SUBDIR)
-        del merged, read
+        model, tok = mtl.merged_model(kcfg.model, meta, merged, tmp / ADAPTER_SUBDIR)
+        del merged
         rt = runtime(cfg)
         rows = []
         for task, r in sorted(by_task.items()):
