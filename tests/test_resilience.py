@@ -72,11 +72,9 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished_before = {k for k, status, _ in sweep.runs() if status == "FINISHED"}  # runs first: a run
-    landed = sweep.unit_dirs()  # FINISHED implies its manifest landed, so every such unit is in `landed`
-    done_before = set(landed)
-    assert 2 <= len(done_before) < N_FEWSHOT, "the kill should land during the fewshot stage"
-    landed_keys = {_key(d) for d in landed.values()}
+    landed = sweep.unit_dirs()
+    assert 2 <= len(landed) < N_FEWSHOT, "the kill should land during the fewshot stage"
+    landed_at = {n: (d / "manifest.json").stat().st_mtime_ns for n, d in landed.items()}
 
     again = sweep.run()
     assert again.returncode == 0, again.stderr[-3000:]
@@ -86,9 +84,8 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
     runs = sweep.runs()
     finished = [k for k, status, _ in runs if status == "FINISHED"]
     assert len(finished) == len(set(finished))  # no duplicate MLflow run for any unit
-    new = set(finished) - finished_before
-    # only the units without a manifest ran; a run the kill caught after its result landed is closed FINISHED
-    assert new - landed_keys == {_key(after[n]) for n in set(after) - done_before}
+    assert {_key(d) for d in after.values()} == set(finished)  # every unit has its one FINISHED run
+    assert {n: (after[n] / "manifest.json").stat().st_mtime_ns for n in landed} == landed_at  # landed: not re-run
     assert "RUNNING" not in {status for _, status, _ in runs}  # the attempts the kill cut short are KILLED
 
 
