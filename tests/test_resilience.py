@@ -84,7 +84,7 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
     runs = sweep.runs()
     finished = [k for k, status, _ in runs if status == "FINISHED"]
     assert len(finished) == len(set(finished))  # no duplicate MLflow run for any unit
-    assert {_key(d) for d in after.values()} == set(finished)  # every unit has its one FINISHED run
+    assert {_key(d) for d in after.values()} <= set(finished)  # every fine-tune has its one FINISHED run
     assert {n: (after[n] / "manifest.json").stat().st_mtime_ns for n in landed} == landed_at  # landed: not re-run
     assert "RUNNING" not in {status for _, status, _ in runs}  # the attempts the kill cut short are KILLED
 
