@@ -7,6 +7,7 @@ a user's own PREFECT_HOME / PREFECT_API_URL / MLflow server settings are respect
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from mera.config import BUNDLED_MODEL, ConfigError, SweepConfig
 
@@ -36,18 +37,113 @@ def configure(cfg: SweepConfig) -> None:
         os.environ.setdefault(key, value)
 
 
+class ApiServer:
+    """Prefect's API server for one `mera run`, when the user has none of their own (no
+    PREFECT_API_URL in the environment or the active profile): the same app Prefect's own
+    ephemeral mode runs (`prefect.server.api.server:create_app`, UI off, ephemeral services),
+    started by us rather than by Prefect's client, because:
+
+    - the client never imports the server's code (~2 s of CPU that competed with the
+      flow's imports on a small machine); it is told the URL like any user's server;
+    - the socket is bound here and handed over (`uvicorn --fd`): no free-port race;
+    - its first answer is slow (~0.5 s: the app's lazy set-up), so it is asked once for
+      its version, the client's first call, while the flow's libraries still import.
+
+    Stopped at exit (registered before Prefect's own exit hooks, so it outlives their
+    final event flush)."""
+
+    def __init__(self):
+        import atexit
+        import socket
+        import subprocess
+        import sys
+
+        import prefect
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)  # connections wait in the backlog until the app serves them
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
+                 "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
+                 "--log-level", "error", "--lifespan", "on"],
+                env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            sock.close()  # the server holds its own copy
+        atexit.register(self.stop)
+
+    def wait_healthy(self, timeout: float) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Prefect's API server exited with code {self.process.returncode} on start")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Prefect's API server did not answer at {self.url} within {timeout:.0f} s")
+            time.sleep(0.05)
+        try:  # see the class docstring
+            urllib.request.urlopen(f"{self.url}/admin/version", timeout=30).close()
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_api_server() -> ApiServer | None:
+    """Start Prefect's API server for this run unless the user has one (their
+    PREFECT_API_URL, from the environment or their Prefect profile, is used as it is).
+    Prefect's settings are read from the environment once: the URL is set there and the
+    settings re-read, before any flow or client exists."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value():
+        return None
+    server = ApiServer()
+    try:
+        server.wait_healthy(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    except BaseException:
+        server.stop()
+        raise
+    os.environ["PREFECT_API_URL"] = server.url
+    refresh_global_settings_context()
+    return server
+
+
 class WarmUp:
-    """Start what the flow will need, Prefect's ephemeral API server (~7 s here, ~15 s on a
-    new Prefect home) and the MLflow store (~2 s when new), in background threads while the
+    """Start what the flow will need, Prefect's API server (~3 s here, ~15 s on a new
+    Prefect home) and the MLflow store (~2 s when new), in background threads while the
     flow's libraries (torch, transformers, ...) are imported. A failure here is ignored: the
-    flow then starts them itself and reports what goes wrong."""
+    flow then starts them itself (Prefect's own ephemeral server) and reports what goes wrong."""
 
     def __init__(self, cfg: SweepConfig):
         import threading
 
         self.cfg = cfg
         self.threads = [threading.Thread(target=self._quietly, args=(fn,), name=f"mera-warm-up-{i}", daemon=True)
-                        for i, fn in enumerate((self._prefect, self._mlflow))]
+                        for i, fn in enumerate((start_api_server, self._mlflow))]
         for t in self.threads:
             t.start()
 
@@ -57,15 +153,6 @@ class WarmUp:
             fn()
         except Exception:  # noqa: BLE001 - see the class docstring
             pass
-
-    @staticmethod
-    def _prefect() -> None:
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():  # no server of the user's (env or profile): the ephemeral one
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
 
     def _mlflow(self) -> None:
         from mera.units import tracker

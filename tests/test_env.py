@@ -1,0 +1,72 @@
+"""The run's process environment: the Prefect API server `mera run` starts for itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO
+
+# run in a fresh interpreter: Prefect reads its settings once, when first imported
+_CHILD = """
+import json, os, sys
+from flows.env import start_api_server
+
+server = start_api_server()
+if server is None:
+    print(json.dumps({"server": None, "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
+    sys.exit(0)
+
+from prefect import flow, get_client, task
+from prefect.settings import PREFECT_API_URL
+
+@task
+def add(x):
+    return x + 1
+
+@flow(name="env-check")
+def check():
+    return add(1)
+
+value = check()
+with get_client(sync_client=True) as client:
+    runs = [r.name for r in client.read_flow_runs()]
+print(json.dumps({"server": server.url, "api_url": PREFECT_API_URL.value(), "pid": server.process.pid,
+                                "value": value, "runs": len(runs),
+                  "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
+"""
+
+
+def _child(env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _CHILD], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_run_starts_its_own_api_server_and_stops_it_at_exit():
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = _child(env)
+    assert out["server"] and out["api_url"] == out["server"]  # the client was pointed at it
+    assert out["value"] == 2 and out["runs"] >= 1  # a flow ran there and is recorded there
+    assert not out["prefect_server_imported"]  # the client never loads the server's code
+    deadline = time.monotonic() + 10
+    while _alive(out["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(out["pid"]), "the API server outlived the run"
+
+
+def test_a_users_own_api_url_is_used_and_nothing_is_started():
+    out = _child({**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert out == {"server": None, "prefect_server_imported": False}
