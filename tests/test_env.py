@@ -33,9 +33,9 @@ def check():
 
 value = check()
 with get_client(sync_client=True) as client:
-    runs = [r.name for r in client.read_flow_runs()]
+    runs = len(client.read_flow_runs())
 print(json.dumps({"server": server.url, "api_url": PREFECT_API_URL.value(), "pid": server.process.pid,
-                                "value": value, "runs": len(runs),
+                  "value": value, "runs": runs,
                   "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
 """
 
