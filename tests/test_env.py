@@ -1,12 +1,17 @@
-"""The run's process environment: the Prefect API server `mera run` starts for itself."""
+"""The run's process environment: the Prefect API server `mera run` starts for itself, and
+how the command ends."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
+
+import yaml
 
 from tests.conftest import REPO
 
@@ -70,3 +75,31 @@ def test_run_starts_its_own_api_server_and_stops_it_at_exit():
 def test_a_users_own_api_url_is_used_and_nothing_is_started():
     out = _child({**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert out == {"server": None, "prefect_server_imported": False}
+
+
+def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
+    """`mera` skips the interpreter's teardown (flows.cli.entry) only after every exit handler
+    ran: its output is whole, its exit code kept, MLflow's sweep run closed, and the API
+    server it started stopped: nothing is left in its process group."""
+    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg["data"]["source"] = str(shared_data)
+    cfg["pretrain"]["tasks"] = ["imdb", "mr"]
+    cfg["fewshot"]["targets"] = ["sst2"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # output to files, not pipes: a child left running would hold a pipe open
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml", "--until",
+                                 "prepare"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, stdout=out,
+                                stderr=err, start_new_session=True)
+        code = proc.wait(timeout=600)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in its process group
+        left = True
+    except ProcessLookupError:
+        left = False
+    assert code == 0, (tmp_path / "err").read_text()[-3000:]
+    assert "sweep 'smoke': prepare done in" in (tmp_path / "out").read_text()
+    assert not left  # the API server was stopped (and reaped) before the exit
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:
+        assert con.execute("select status from runs").fetchall() == [("FINISHED",)]  # the sweep's run
