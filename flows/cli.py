@@ -315,7 +315,8 @@ def _exit_now() -> None:
     """The last exit handler of the `mera` command: once every other one has run (Prefect's
     and MLflow's final flushes, the API server's stop, logging's shutdown), the process ends
     without tearing down its interpreter, which takes 2-3 s after a run (freeing torch,
-    transformers, Prefect and MLflow objects one by one) and writes nothing."""
+    transformers, Prefect and MLflow objects one by one) and saves nothing: every store
+    (manifests, MLflow's SQLite, Prefect's results) has committed by then."""
     if "code" in _EXIT:  # main() returned; after an unhandled exception Python ends as usual
         if "logging" in sys.modules:  # its own exit handler is skipped if it was registered before ours
             sys.modules["logging"].shutdown()
