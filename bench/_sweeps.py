@@ -23,19 +23,23 @@ def fresh_root(tag: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"mera-bench-{tag}-"))
 
 
-# One Prefect home for every bench run, created by `setup` (not timed): as in a project,
-# where only the very first run creates Prefect's database (~10 s more, once).
+# One Prefect home and one MLflow store for every bench run, created by `setup` (not
+# timed): as in a project, where only the very first run creates Prefect's database (~10 s
+# more, once) and MLflow's (~1 s more, once). The MLflow store is made anew by each bench.
 PREFECT_HOME = Path(tempfile.gettempdir()) / "mera-bench-prefect"
+MLFLOW_STORE = Path(tempfile.gettempdir()) / "mera-bench-mlflow"
 
 
 def overrides(root: Path, extra: list[str] = ()) -> list[str]:
-    sets = [f"paths.root={root}", f"data.dir={PROJECT / 'data'}", f"paths.prefect_home={PREFECT_HOME}", *extra]
+    sets = [f"paths.root={root}", f"data.dir={PROJECT / 'data'}", f"paths.prefect_home={PREFECT_HOME}",
+            f"paths.mlflow={MLFLOW_STORE}", *extra]
     return [a for s in sets for a in ("--set", s)]
 
 
 def setup(config: str) -> None:
-    """Import the sweep's tasks into the project's data/ and create the bench's Prefect home
-    (a run up to `prepare`; not timed)."""
+    """Import the sweep's tasks into the project's data/, create the bench's Prefect home and
+    a new MLflow store (a run up to `prepare`; not timed)."""
+    shutil.rmtree(MLFLOW_STORE, ignore_errors=True)
     root = fresh_root("setup")
     subprocess.run([*MERA, "run", "--config", config, "--until", "prepare", *overrides(root)], cwd=PROJECT,
                    check=True, capture_output=True)

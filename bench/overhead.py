@@ -3,11 +3,11 @@ called in a plain Python loop without either (issue 6).
 
     python bench/overhead.py [--config configs/smoke.yaml] [--workers 1]
 
-Both run in a fresh process and a fresh root (no unit, token cache or MLflow store), with
-the same number of workers (default 1: the plain loop is sequential) and torch threads,
-and both do the same work: config + preflight, every unit, the report. Times are
-wall-clock of the whole command, imports and the Prefect server's start included; the
-Prefect home exists already (as after a project's first run; bench/_sweeps.py). Ends with
+Both run in a fresh process and a fresh root (no unit or token cache), with the same
+number of workers (default 1: the plain loop is sequential) and torch threads, and both
+do the same work: config + preflight, every unit, the report. Times are wall-clock of the
+whole command, imports and the Prefect server's start included; Prefect's home and the
+MLflow store exist already (as after a project's first run; bench/_sweeps.py). Ends with
 `RESULT overhead_frac=<(orchestrated - plain) / plain>`.
 """
 

@@ -2,7 +2,8 @@
 
     python bench/resume.py [--config configs/smoke.yaml]
 
-Both in a fresh process; the first in a fresh root (no unit, token cache or MLflow store).
+Both in a fresh process; the first in a fresh root (no unit or token cache; Prefect's home
+and the MLflow store exist, as in a project after its first run: bench/_sweeps.py).
 The re-run must train nothing: no manifest is rewritten and no MLflow run is added (both
 checked). Ends with `RESULT resume_frac=<rerun / first> rerun_trainings=<n>`.
 """
@@ -19,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _sweeps as sw  # noqa: E402
 
 
-def mlflow_runs(root: Path) -> int:
-    with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
+def mlflow_runs() -> int:
+    with sqlite3.connect(sw.MLFLOW_STORE / "mlflow.db") as db:
         return db.execute("select count(*) from runs").fetchone()[0]
 
 
@@ -33,12 +34,12 @@ def main() -> None:
     sw.setup(args.config)
     root = sw.fresh_root("resume")
     first = sw.mera_run(args.config, root)
-    before, runs_before = sw.manifest_mtimes(root), mlflow_runs(root)
+    before, runs_before = sw.manifest_mtimes(root), mlflow_runs()
     reruns = sorted(sw.mera_run(args.config, root) for _ in range(args.reruns))
     rerun = reruns[len(reruns) // 2]
     after = sw.manifest_mtimes(root)
     retrained = sum(1 for k, t in after.items() if before.get(k) != t) + len(set(before) - set(after))
-    new_runs = mlflow_runs(root) - runs_before
+    new_runs = mlflow_runs() - runs_before
     print(f"sweep {args.config}: {len(before)} units, {sw.trainings(root)} trainings")
     print(f"{'run':<22}{'seconds':>9}")
     print(f"{'first':<22}{first:>9.1f}")
