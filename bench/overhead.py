@@ -33,6 +33,7 @@ def plain(config: str, sets: list[str]) -> None:
     from mera.preflight import preflight
     from mera.report import write_report
 
+    env.before_torch()
     cfg = load_config(config, dict(parse_override(s) for s in sets))
     env.configure(cfg)
     timings = {}

@@ -292,6 +292,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.env import before_torch
+
+    before_torch()
     args = parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -103,3 +104,37 @@ def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
     assert not left  # the API server was stopped (and reaped) before the exit
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:
         assert con.execute("select status from runs").fetchall() == [("FINISHED",)]  # the sweep's run
+
+
+# a command that loads a config (which imports torch), then one large tensor
+_THP_CHILD = """
+import sys
+from flows.cli import main
+
+assert main(["status", "--config", "configs/smoke.yaml", "--set", f"paths.root={sys.argv[1]}"]) == 0
+import torch
+
+x = torch.ones(64 * 2**20 // 4)  # 64 MB
+rollup = open("/proc/self/smaps_rollup").read()
+print(next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("AnonHugePages")))
+"""
+
+
+def _huge_kb(tmp_path, env: dict) -> int:
+    proc = subprocess.run([sys.executable, "-c", _THP_CHILD, str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, env={**env, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.strip().splitlines()[-1])
+
+
+def test_mera_backs_large_tensors_with_huge_pages_unless_the_user_says_no(tmp_path):
+    """torch reads THP_MEM_ALLOC_ENABLE once, when it is imported: `mera` sets it before the
+    config (whose checks import torch) is loaded, and keeps a user's own value."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    setting = thp.read_text() if thp.is_file() else "[never]"
+    mode = next(m for m in ("[always]", "[madvise]", "[never]") if m in setting)
+    # with "madvise" (the usual default) only memory torch asks for gets huge pages
+    expected = {"[always]": (True, True), "[madvise]": (True, False), "[never]": (False, False)}[mode]
+    huge = tuple(_huge_kb(tmp_path, e) >= 32 * 1024 for e in (env, {**env, "THP_MEM_ALLOC_ENABLE": "0"}))
+    assert huge == expected  # (mera's default, the user's "0"); >= half of the tensor in huge pages
