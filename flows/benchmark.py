@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow
@@ -160,4 +161,13 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
         runner = ThreadPoolTaskRunner(max_workers=workers)
     if before is not None:
         before()
-    return benchmark.with_options(task_runner=runner, name=f"benchmark-{cfg.name}")(cfg.model_dump(), until)
+    from prefect.settings import temporary_settings
+
+    from flows.env import own_server
+
+    # flow-run heartbeats tell a long-lived server that a run is alive; the server `mera run`
+    # starts lives and dies with the run, and stopping the heartbeat thread holds the flow's
+    # end for up to 1 s (it sleeps in 1 s steps)
+    quiet = temporary_settings(updates={"flows.heartbeat_frequency": None}) if own_server() else nullcontext()
+    with quiet:
+        return benchmark.with_options(task_runner=runner, name=f"benchmark-{cfg.name}")(cfg.model_dump(), until)
