@@ -60,13 +60,14 @@ def cmd_run(args) -> int:
             return 0
     from mera.preflight import check_config, preflight
 
+    warm = env.WarmUp(cfg)  # Prefect's API server, now if that writes nothing (see WarmUp)
     check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
     with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
         from mera.units import import_data
 
         import_data(cfg)
         preflight(cfg)
-        warm = env.WarmUp(cfg)  # after the checks: a user's mistake exits before anything starts
+        warm.after_checks()  # the rest only now: a user's mistake exits before anything is written
         from flows.benchmark import run
 
         out = run(cfg, args.until, before=warm.wait)

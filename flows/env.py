@@ -65,12 +65,20 @@ class ApiServer:
 
     def __init__(self):
         import atexit
+        import importlib.util
         import socket
         import subprocess
         import sys
+        import threading
 
-        import prefect
-
+        # stop() may run (at exit) while another thread is still spawning the server: it waits
+        # for the spawn, then stops it, so no server outlives the run
+        self.process, self._lock, self._stopped = None, threading.Lock(), False
+        atexit.register(self.stop)
+        # its output goes to a log, not to the run's stdout/stderr: a caller reading those
+        # would otherwise wait on a server that was still starting when the run ended
+        self.log = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / "api-server.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)  # (the server would make it for its database)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)  # connections wait in the backlog until the app serves them
@@ -78,15 +86,19 @@ class ApiServer:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
+        # where Prefect is installed, found without importing it (~1 s of this process's time)
+        prefect_dir = str(Path(importlib.util.find_spec("prefect").origin).parents[1])
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
-                 "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
-                 "--log-level", "error", "--lifespan", "on"],
-                env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL)
+            with self._lock, open(self.log, "a") as log:
+                if self._stopped:
+                    raise RuntimeError("the run is ending: Prefect's API server is not started")
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "--app-dir", prefect_dir,
+                     "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
+                     "--log-level", "error", "--lifespan", "on"],
+                    env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             sock.close()  # the server holds its own copy
-        atexit.register(self.stop)
 
     def wait_healthy(self, timeout: float) -> None:
         import time
@@ -95,7 +107,8 @@ class ApiServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Prefect's API server exited with code {self.process.returncode} on start")
+                raise RuntimeError(f"Prefect's API server exited with code {self.process.returncode} on start "
+                                   f"(its output: {self.log})")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
                     if response.status == 200:
@@ -113,7 +126,9 @@ class ApiServer:
     def stop(self) -> None:
         import subprocess
 
-        if self.process.poll() is None:
+        with self._lock:
+            self._stopped = True
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
@@ -122,41 +137,76 @@ class ApiServer:
                 self.process.wait()
 
 
+_STARTED: list[ApiServer] = []
+
+
 def start_api_server() -> ApiServer | None:
     """Start Prefect's API server for this run unless the user has one (their
     PREFECT_API_URL, from the environment or their Prefect profile, is used as it is).
     Prefect's settings are read from the environment once: the URL is set there and the
-    settings re-read, before any flow or client exists."""
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
-
-    if PREFECT_API_URL.value():
+    settings re-read, before any flow or client exists. The server is spawned before Prefect is
+    imported here, so its start overlaps that import."""
+    if os.environ.get("PREFECT_API_URL"):
         return None
     server = ApiServer()
     try:
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        if PREFECT_API_URL.value():  # from the user's Prefect profile
+            server.stop()
+            return None
         server.wait_healthy(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     except BaseException:
         server.stop()
         raise
     os.environ["PREFECT_API_URL"] = server.url
     refresh_global_settings_context()
+    _STARTED.append(server)
     return server
 
 
+def own_server() -> bool:
+    """Whether this process started the Prefect API server its flows report to."""
+    return bool(_STARTED)
+
+
+def _prefect_db_exists() -> bool:
+    """Prefect's default database (SQLite in its home) exists: starting the server then
+    creates nothing but its log. A database configured elsewhere counts as not known to exist."""
+    if any(k in os.environ for k in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")):
+        return False
+    return (Path(os.environ["PREFECT_HOME"]) / "prefect.db").is_file()
+
+
 class WarmUp:
-    """Start what the flow will need, Prefect's API server (~3 s here, ~15 s on a new
-    Prefect home) and the MLflow store (~2 s when new), in background threads while the
-    flow's libraries (torch, transformers, ...) are imported. A failure here is ignored: the
-    flow then starts them itself (Prefect's own ephemeral server) and reports what goes wrong."""
+    """Start what the flow will need in background threads, while the run's checks go on and
+    the flow's libraries (torch, transformers, ...) are imported: Prefect's API server (~3-6 s
+    here, ~15 s on a new Prefect home) and the MLflow store (~2 s when new).
+
+    `WarmUp(cfg)` starts the server at once when Prefect's database exists already (it then
+    creates nothing, so a mistake the checks find still leaves nothing behind; the server is
+    stopped at exit); `after_checks()` starts the rest. A failure here is ignored: the flow
+    then starts them itself (Prefect's own ephemeral server) and reports what goes wrong."""
 
     def __init__(self, cfg: SweepConfig):
+        self.cfg = cfg
+        self.threads = []
+        if _prefect_db_exists():
+            self._start(start_api_server)
+
+    def after_checks(self) -> None:
+        if not self.threads:
+            self._start(start_api_server)
+        self._start(self._mlflow)
+
+    def _start(self, fn) -> None:
         import threading
 
-        self.cfg = cfg
-        self.threads = [threading.Thread(target=self._quietly, args=(fn,), name=f"mera-warm-up-{i}", daemon=True)
-                        for i, fn in enumerate((start_api_server, self._mlflow))]
-        for t in self.threads:
-            t.start()
+        thread = threading.Thread(target=self._quietly, args=(fn,), name=f"mera-warm-up-{len(self.threads)}",
+                                  daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     @staticmethod
     def _quietly(fn) -> None:

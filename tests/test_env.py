@@ -106,6 +106,38 @@ def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
         assert con.execute("select status from runs").fetchall() == [("FINISHED",)]  # the sweep's run
 
 
+
+def test_a_mistake_found_after_the_early_server_start_leaves_no_server_behind(tmp_path, shared_data):
+    """With Prefect's database in place, `mera run` starts the API server before its checks
+    (flows.env.WarmUp); a config the checks reject still ends with one error line, and the
+    server, stopped even when it is still being spawned, is gone with the run."""
+    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg["data"]["source"] = str(shared_data)
+    cfg["merge"]["params"] = {"ties": {"density": 3}}  # rejected by the checks (check_config), not the loading
+    cfg["paths"] = {"prefect_home": str(tmp_path / "prefect")}
+    (tmp_path / "prefect").mkdir()
+    (tmp_path / "prefect" / "prefect.db").touch()  # an existing (empty) database: the early start
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    for _ in range(3):  # the error comes at different points of the server's start
+        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml"], cwd=tmp_path,
+                                    env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err,
+                                    start_new_session=True)
+            code = proc.wait(timeout=120)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            left = True
+        except ProcessLookupError:
+            left = False
+        assert code == 2 and "density must be in [0, 1]" in (tmp_path / "err").read_text(), \
+            (tmp_path / "err").read_text()[-2000:]
+        assert len((tmp_path / "err").read_text().splitlines()) == 1
+        assert not left, "the API server outlived the run"
+    assert (tmp_path / "prefect" / "api-server.log").exists()  # the server was spawned, early
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / "mlruns").exists()
+
+
 # a command that loads a config (which imports torch), then one large tensor
 _THP_CHILD = """
 import sys
