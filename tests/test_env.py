@@ -78,6 +78,22 @@ def test_a_users_own_api_url_is_used_and_nothing_is_started():
     assert out == {"server": None, "prefect_server_imported": False}
 
 
+def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[int, str, str, bool]:
+    """`python -m flows.cli ARGS` in tmp_path, in its own session, output to files (not pipes: a
+    child left running would hold a pipe open): its exit code, stdout, stderr, and whether
+    anything was left in its process group (killed then)."""
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path,
+                                env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err, start_new_session=True)
+        code = proc.wait(timeout=timeout)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in its process group
+        left = True
+    except ProcessLookupError:
+        left = False
+    return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text(), left
+
+
 def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
     """`mera` skips the interpreter's teardown (flows.cli.entry) only after every exit handler
     ran: its output is whole, its exit code kept, MLflow's sweep run closed, and the API
@@ -88,19 +104,9 @@ def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
     cfg["fewshot"]["targets"] = ["sst2"]
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    # output to files, not pipes: a child left running would hold a pipe open
-    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml", "--until",
-                                 "prepare"], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, stdout=out,
-                                stderr=err, start_new_session=True)
-        code = proc.wait(timeout=600)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in its process group
-        left = True
-    except ProcessLookupError:
-        left = False
-    assert code == 0, (tmp_path / "err").read_text()[-3000:]
-    assert "sweep 'smoke': prepare done in" in (tmp_path / "out").read_text()
+    code, out, err, left = _mera_alone(tmp_path, ["run", "--config", "sweep.yaml", "--until", "prepare"], env, 600)
+    assert code == 0, err[-3000:]
+    assert "sweep 'smoke': prepare done in" in out
     assert not left  # the API server was stopped (and reaped) before the exit
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:
         assert con.execute("select status from runs").fetchall() == [("FINISHED",)]  # the sweep's run
@@ -120,19 +126,9 @@ def test_a_mistake_found_after_the_early_server_start_leaves_no_server_behind(tm
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     for _ in range(3):  # the error comes at different points of the server's start
-        with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", "sweep.yaml"], cwd=tmp_path,
-                                    env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err,
-                                    start_new_session=True)
-            code = proc.wait(timeout=120)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            left = True
-        except ProcessLookupError:
-            left = False
-        assert code == 2 and "density must be in [0, 1]" in (tmp_path / "err").read_text(), \
-            (tmp_path / "err").read_text()[-2000:]
-        assert len((tmp_path / "err").read_text().splitlines()) == 1
+        code, _, err, left = _mera_alone(tmp_path, ["run", "--config", "sweep.yaml"], env, 120)
+        assert code == 2 and "density must be in [0, 1]" in err, err[-2000:]
+        assert len(err.splitlines()) == 1
         assert not left, "the API server outlived the run"
     assert (tmp_path / "prefect" / "api-server.log").exists()  # the server was spawned, early
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / "mlruns").exists()
