@@ -40,6 +40,8 @@ def plain(config: str, sets: list[str]) -> None:
     with units.untracked():
         units.import_data(cfg)
         tracks = preflight(cfg)
+        env.preload()  # as `mera run` does before its flow: the same imports, the same frozen heap
+        env.freeze_heap()
         clock = time.perf_counter()
         names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
         preps = {n: units.prepare(cfg, n) for n in names}

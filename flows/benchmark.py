@@ -129,17 +129,12 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
     """Run the flow with the configured task runner (threads by default); `before()` is
     called once the libraries are imported, just before the flow starts."""
     workers = cfg.run.workers
+    import mlflow.entities  # noqa: F401
     import torch
 
-    # import the heavy, lazily-loading libraries once before threads fan out: `adapters`
-    # and `transformers` resolve names lazily and race when two threads import them at once
-    import mera.calibrate  # noqa: F401
-    import mera.evaluate  # noqa: F401
-    import mera.fewshot  # noqa: F401
-    import mera.merge.ot  # noqa: F401
-    import mera.models  # noqa: F401
-    import mlflow.entities  # noqa: F401
-    import ot  # noqa: F401
+    from flows import env
+
+    env.preload()
 
     threads = cfg.run.torch_threads or max(1, (os.cpu_count() or 1) // workers)
     torch.set_num_threads(threads)
@@ -163,11 +158,11 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
         before()
     from prefect.settings import temporary_settings
 
-    from flows.env import own_server
+    env.freeze_heap()  # everything is imported now
 
     # flow-run heartbeats tell a long-lived server that a run is alive; the server `mera run`
     # starts lives and dies with the run, and stopping the heartbeat thread holds the flow's
     # end for up to 1 s (it sleeps in 1 s steps)
-    quiet = temporary_settings(updates={"flows.heartbeat_frequency": None}) if own_server() else nullcontext()
+    quiet = temporary_settings(updates={"flows.heartbeat_frequency": None}) if env.own_server() else nullcontext()
     with quiet:
         return benchmark.with_options(task_runner=runner, name=f"benchmark-{cfg.name}")(cfg.model_dump(), until)

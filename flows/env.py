@@ -23,6 +23,31 @@ def before_torch() -> None:
         os.environ.setdefault(key, value)
 
 
+def preload() -> None:
+    """Import the libraries the units use, once, in this thread, before anything fans out:
+    `adapters` and `transformers` resolve names lazily and race when two threads import
+    them at once."""
+    import mera.calibrate  # noqa: F401
+    import mera.evaluate  # noqa: F401
+    import mera.fewshot  # noqa: F401
+    import mera.merge.ot  # noqa: F401
+    import mera.models  # noqa: F401
+    import ot  # noqa: F401
+
+
+def freeze_heap() -> None:
+    """Take every object alive now (the imported libraries' modules, classes, functions,
+    caches) out of the garbage collector's reach, once the imports are done and before the
+    work. A sweep's units allocate many objects, so the collector walks the whole heap a dozen
+    times in a smoke sweep; with torch, transformers, Prefect and MLflow loaded that walk took
+    ~0.25 s each time (4.0 s of a `mera run`, measured with gc.callbacks). Frozen objects are
+    never freed, so this runs once, without a collection first: the imports leave little
+    garbage, and a collection would cost as much as one of the walks it saves."""
+    import gc
+
+    gc.freeze()
+
+
 def configure(cfg: SweepConfig) -> None:
     home = cfg.paths.resolve("prefect_home")
     try:  # Prefect's SQLite needs the folder; a missing one shows up as a 2-minute server timeout
