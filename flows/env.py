@@ -73,11 +73,18 @@ def configure(cfg: SweepConfig) -> None:
         os.environ.setdefault(key, value)
 
 
+# the settings of the API server `mera run` starts, where the user has not set them: its task-run
+# recorder writes task-run states in batches of up to 100 (or every 5 s, and all at its stop)
+# instead of one transaction per state; 75 tasks cost the server 4.5-5.0 s of CPU instead of
+# 6.5-7.2 s, CPU the run's training shares (a Prefect server you start keeps Prefect's default)
+SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100"}
+
+
 class ApiServer:
     """Prefect's API server for one `mera run`, when the user has none of their own (no
     PREFECT_API_URL in the environment or the active profile): the same app Prefect's own
-    ephemeral mode runs (`prefect.server.api.server:create_app`, UI off, ephemeral services),
-    started by us rather than by Prefect's client, because:
+    ephemeral mode runs (`prefect.server.api.server:create_app`, UI off, ephemeral services;
+    its heap frozen once built: flows/prefect_app.py), started by us rather than by Prefect's client, because:
 
     - the client never imports the server's code (~2 s of CPU that competed with the
       flow's imports on a small machine); it is told the URL like any user's server;
@@ -90,7 +97,6 @@ class ApiServer:
 
     def __init__(self):
         import atexit
-        import importlib.util
         import socket
         import subprocess
         import sys
@@ -108,18 +114,17 @@ class ApiServer:
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)  # connections wait in the backlog until the app serves them
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+        env = {**SERVER_DEFAULTS, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
-        # where Prefect is installed, found without importing it (~1 s of this process's time)
-        prefect_dir = str(Path(importlib.util.find_spec("prefect").origin).parents[1])
+        app_dir = str(Path(__file__).resolve().parents[1])  # where flows.prefect_app is
         try:
             with self._lock, open(self.log, "a") as log:
                 if self._stopped:
                     raise RuntimeError("the run is ending: Prefect's API server is not started")
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "--app-dir", prefect_dir,
-                     "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
+                    [sys.executable, "-m", "uvicorn", "--app-dir", app_dir,
+                     "--factory", "flows.prefect_app:create_app", "--fd", str(sock.fileno()),
                      "--log-level", "error", "--lifespan", "on"],
                     env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:

@@ -18,13 +18,25 @@ from tests.conftest import REPO
 
 # run in a fresh interpreter: Prefect reads its settings once, when first imported
 _CHILD = """
-import json, os, sys
+import json, os, sys, time
 from flows.env import start_api_server
 
 server = start_api_server()
 if server is None:
     print(json.dumps({"server": None, "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
     sys.exit(0)
+
+def switches():  # the server's context switches so far, all its threads
+    n = 0
+    for t in os.listdir(f"/proc/{server.process.pid}/task"):
+        with open(f"/proc/{server.process.pid}/task/{t}/status") as f:
+            n += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+    return n
+
+time.sleep(1)  # idle: how often does it wake?
+before = switches()
+time.sleep(3)
+wakeups = (switches() - before) / 3
 
 from prefect import flow, get_client, task
 from prefect.settings import PREFECT_API_URL
@@ -35,13 +47,19 @@ def add(x):
 
 @flow(name="env-check")
 def check():
-    return add(1)
+    from prefect.runtime import flow_run
+    return [add(i) for i in range(3)], flow_run.id
 
-value = check()
+value, run_id = check()
 with get_client(sync_client=True) as client:
     runs = len(client.read_flow_runs())
+
+server.stop()  # its task-run recorder writes in batches: what is left is written at its stop
+import sqlite3
+with sqlite3.connect(os.path.join(os.environ["PREFECT_HOME"], "prefect.db")) as db:
+    states = [r[0] for r in db.execute("select state_type from task_run where flow_run_id = ?", (run_id,))]
 print(json.dumps({"server": server.url, "api_url": PREFECT_API_URL.value(), "pid": server.process.pid,
-                  "value": value, "runs": runs,
+                  "value": value, "runs": runs, "task_states": states, "idle_wakeups": wakeups,
                   "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
 """
 
@@ -65,7 +83,11 @@ def test_run_starts_its_own_api_server_and_stops_it_at_exit():
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     out = _child(env)
     assert out["server"] and out["api_url"] == out["server"]  # the client was pointed at it
-    assert out["value"] == 2 and out["runs"] >= 1  # a flow ran there and is recorded there
+    assert out["value"] == [1, 2, 3] and out["runs"] >= 1  # a flow ran there and is recorded there
+    assert out["task_states"] == ["COMPLETED"] * 3  # every task's last state, written by the server's stop
+    # idle, it wakes ~40 times a second here; Prefect's app with its background worker ~155
+    # (flows/prefect_app.py): each wake-up is taken from the run's training
+    assert out["idle_wakeups"] < 100
     assert not out["prefect_server_imported"]  # the client never loads the server's code
     deadline = time.monotonic() + 10
     while _alive(out["pid"]) and time.monotonic() < deadline:
