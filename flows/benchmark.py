@@ -158,6 +158,9 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
         before()
     from prefect.settings import temporary_settings
 
+    import prefect.flow_engine  # noqa: F401  (imported by the flow's start otherwise, after the freeze)
+    import prefect.task_engine  # noqa: F401
+
     env.freeze_heap()  # everything is imported now
 
     # flow-run heartbeats tell a long-lived server that a run is alive; the server `mera run`
