@@ -82,9 +82,10 @@ SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100"
 
 class ApiServer:
     """Prefect's API server for one `mera run`, when the user has none of their own (no
-    PREFECT_API_URL in the environment or the active profile): the same app Prefect's own
-    ephemeral mode runs (`prefect.server.api.server:create_app`, UI off, ephemeral services;
-    its heap frozen once built: flows/prefect_app.py), started by us rather than by Prefect's client, because:
+    PREFECT_API_URL in the environment or the active profile): the app Prefect's own
+    ephemeral mode runs (`prefect.server.api.server:create_app`, UI off, ephemeral services),
+    made quieter (flows/prefect_app.py, SERVER_DEFAULTS), started by us rather than by
+    Prefect's client, because:
 
     - the client never imports the server's code (~2 s of CPU that competed with the
       flow's imports on a small machine); it is told the URL like any user's server;

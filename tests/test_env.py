@@ -84,7 +84,7 @@ def test_run_starts_its_own_api_server_and_stops_it_at_exit():
     out = _child(env)
     assert out["server"] and out["api_url"] == out["server"]  # the client was pointed at it
     assert out["value"] == [1, 2, 3] and out["runs"] >= 1  # a flow ran there and is recorded there
-    assert out["task_states"] == ["COMPLETED"] * 3  # every task's last state, written by the server's stop
+    assert out["task_states"] == ["COMPLETED"] * 3  # every task's last state (batched: the rest written at the stop)
     # idle, it wakes ~40 times a second here; Prefect's app with its background worker ~155
     # (flows/prefect_app.py): each wake-up is taken from the run's training
     assert out["idle_wakeups"] < 100
