@@ -26,8 +26,10 @@ import _sweeps as sw  # noqa: E402
 
 def plain(config: str, sets: list[str]) -> None:
     """The sweep as a plain loop: no Prefect, no MLflow; the same units and report."""
-    from flows.cli import main as _  # noqa: F401  (the same config loader and env as `mera run`)
     from flows import env
+    from flows.cli import main as _  # noqa: F401  (the same config loader and env as `mera run`)
+
+    env.hold_gc()  # as `mera run` does from its start until the freeze below
     from mera import units
     from mera.config import load_config, parse_override
     from mera.preflight import preflight

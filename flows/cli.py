@@ -36,6 +36,16 @@ def _load(args, shallow: bool = False) -> "object":
 
 
 def cmd_run(args) -> int:
+    from flows import env
+
+    env.hold_gc()  # until the flow's libraries are imported and frozen (flows.benchmark.run)
+    try:
+        return _run(args)
+    finally:
+        env.release_gc()  # a run that ended before its flow
+
+
+def _run(args) -> int:
     from mera.units import STAGES
 
     cfg = _load(args, shallow=True)  # merge parameters are run-checked in the preflight, when there is work

@@ -35,17 +35,44 @@ def preload() -> None:
     import ot  # noqa: F401
 
 
+_GC_HELD: list[bool] = []
+
+
+def hold_gc() -> None:
+    """No garbage collection from now until `freeze_heap()` (or `release_gc()`): the start of
+    a run imports ~6,000 modules (torch, transformers, Prefect, MLflow), and the collector's
+    full collections, one every few hundred thousand new objects, walked the growing heap 9
+    times for ~30 objects of garbage each; `mera run` spent ~2.0 s of its start in them, the
+    plain loop of bench/overhead.py ~1.2 s (measured with gc.callbacks, up to the freeze)."""
+    import gc
+
+    if gc.isenabled() and not _GC_HELD:
+        gc.disable()
+        _GC_HELD.append(True)
+
+
+def release_gc() -> None:
+    """Collect as usual again after `hold_gc()` (a no-op otherwise)."""
+    import gc
+
+    if _GC_HELD:
+        _GC_HELD.clear()
+        gc.enable()
+
+
 def freeze_heap() -> None:
     """Take every object alive now (the imported libraries' modules, classes, functions,
     caches) out of the garbage collector's reach, once the imports are done and before the
-    work. A sweep's units allocate many objects, so the collector walks the whole heap a dozen
-    times in a smoke sweep; with torch, transformers, Prefect and MLflow loaded that walk took
-    ~0.25 s each time (4.0 s of a `mera run`, measured with gc.callbacks). Frozen objects are
-    never freed, so this runs once, without a collection first: the imports leave little
-    garbage, and a collection would cost as much as one of the walks it saves."""
+    work, and end a `hold_gc()`. A sweep's units allocate many objects, so the collector walks
+    the whole heap a dozen times in a smoke sweep; with torch, transformers, Prefect and MLflow
+    loaded that walk took ~0.25 s each time (4.0 s of a `mera run`, measured with
+    gc.callbacks). Frozen objects are never freed, so this runs once, without a collection
+    first: the imports leave little garbage, and a collection would cost as much as one of the
+    walks it saves."""
     import gc
 
     gc.freeze()
+    release_gc()
 
 
 def configure(cfg: SweepConfig) -> None:
