@@ -88,7 +88,8 @@ def configure(cfg: SweepConfig) -> None:
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         # a fresh ephemeral server needs ~15 s here; the default timeout is 20 s
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no usage reports from the run's tools
+        "MLFLOW_DISABLE_TELEMETRY": "true",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "DVC_NO_ANALYTICS": "1",
         "TOKENIZERS_PARALLELISM": "false",

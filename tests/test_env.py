@@ -188,3 +188,40 @@ def test_mera_backs_large_tensors_with_huge_pages_unless_the_user_says_no(tmp_pa
     expected = {"[always]": (True, True), "[madvise]": (True, False), "[never]": (False, False)}[mode]
     huge = tuple(_huge_kb(tmp_path, e) >= 32 * 1024 for e in (env, {**env, "THP_MEM_ALLOC_ENABLE": "0"}))
     assert huge == expected  # (mera's default, the user's "0"); >= half of the tensor in huge pages
+
+
+# `mera run` in-process, twice: a sweep up to `prepare`, then a mistake found after the start
+_GC_CHILD = """
+import gc, json, sys
+from flows.cli import main
+
+full = []  # the full collections during the runs, and whether the heap was frozen then
+gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2
+                    and full.append(gc.get_freeze_count() > 0))
+code = main(["run", "--config", sys.argv[1], "--until", "prepare"])
+after_run = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+bad = main(["run", "--config", sys.argv[1], "--until", "nowhere"])
+print(json.dumps({"code": code, "bad": bad, "after_run": after_run, "enabled_after_bad": gc.isenabled(),
+                  "full_before_freeze": full.count(False)}))
+"""
+
+
+def test_mera_run_holds_the_garbage_collector_until_its_heap_is_frozen(tmp_path, shared_data):
+    """No full collection walks the heap while `mera run` imports its libraries (flows.env:
+    hold_gc); the collector runs again once they are frozen, and after a run that stopped
+    at a mistake before its flow."""
+    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg["data"]["source"] = str(shared_data)
+    cfg["pretrain"]["tasks"] = ["imdb", "mr"]
+    cfg["fewshot"]["targets"] = ["sst2"]
+    cfg["paths"] = {"root": str(tmp_path)}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", _GC_CHILD, str(tmp_path / "sweep.yaml")], cwd=REPO,
+                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["code"], out["bad"]) == (0, 2)
+    assert out["full_before_freeze"] == 0  # 9 of them, ~2 s, without the hold
+    assert out["after_run"]["enabled"] and out["after_run"]["frozen"] > 100_000
+    assert out["enabled_after_bad"]
