@@ -71,16 +71,20 @@ def _run(args) -> int:
     from mera.preflight import check_config, preflight
 
     warm = env.WarmUp(cfg)  # Prefect's API server, now if that writes nothing (see WarmUp)
-    check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
-    with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
-        from mera.units import import_data
+    try:
+        check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
+        with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
+            from mera.units import import_data
 
-        import_data(cfg)
-        preflight(cfg)
-        warm.after_checks()  # the rest only now: a user's mistake exits before anything is written
-        from flows.benchmark import run
+            import_data(cfg)
+            preflight(cfg)
+            warm.after_checks()  # the rest only now: a user's mistake exits before anything is written
+            with env.PREFECT_IMPORT:  # WarmUp's thread may be importing Prefect too
+                from flows.benchmark import run
 
-        out = run(cfg, args.until, before=warm.wait)
+            out = run(cfg, args.until, before=warm.wait)
+    finally:
+        warm.close()
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "
           f"(MLflow parent run {out['parent_run_id']})")
     for stage, seconds in out.get("timings", {}).items():

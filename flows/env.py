@@ -7,6 +7,7 @@ a user's own PREFECT_HOME / PREFECT_API_URL / MLflow server settings are respect
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from mera.config import BUNDLED_MODEL, ConfigError, SweepConfig
@@ -198,19 +199,31 @@ class ApiServer:
 
 _STARTED: list[ApiServer] = []
 
+# Prefect is first imported by two threads of `mera run` (WarmUp's and the main one): Prefect's
+# modules import each other, and two threads importing them at once can each wait on a module
+# the other is importing; Python then hands one of them a half-initialised module ("cannot import
+# name 'get_current_settings' from partially initialized module 'prefect.settings'"). Both
+# import it under this lock (the second one finds it imported).
+PREFECT_IMPORT = threading.Lock()
 
-def start_api_server() -> ApiServer | None:
+
+def start_api_server(ending=lambda: False) -> ApiServer | None:
     """Start Prefect's API server for this run unless the user has one (their
     PREFECT_API_URL, from the environment or their Prefect profile, is used as it is).
     Prefect's settings are read from the environment once: the URL is set there and the
     settings re-read, before any flow or client exists. The server is spawned before Prefect is
-    imported here, so its start overlaps that import."""
+    imported here, so its start overlaps that import; when `ending()` says the run is over by
+    then, Prefect is not imported (an import cut by the exit prints errors) and None returned."""
     if os.environ.get("PREFECT_API_URL"):
         return None
     server = ApiServer()
     try:
-        from prefect.context import refresh_global_settings_context
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+        with PREFECT_IMPORT:
+            if ending():
+                server.stop()
+                return None
+            from prefect.context import refresh_global_settings_context
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
         if PREFECT_API_URL.value():  # from the user's Prefect profile
             server.stop()
@@ -251,13 +264,23 @@ class WarmUp:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
         self.threads = []
+        self._ending = False
         if _prefect_db_exists():
-            self._start(start_api_server)
+            self._start(self._server)
 
     def after_checks(self) -> None:
         if not self.threads:
-            self._start(start_api_server)
+            self._start(self._server)
         self._start(self._mlflow)
+
+    def _server(self) -> None:
+        start_api_server(ending=lambda: self._ending)
+
+    def close(self) -> None:
+        """The run is over (or ends early, at a mistake): a thread not yet importing Prefect
+        leaves it, one importing it finishes first."""
+        with PREFECT_IMPORT:
+            self._ending = True
 
     def _start(self, fn) -> None:
         import threading

@@ -306,8 +306,8 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes(project):
     while time.time() < deadline and not list((root / "artifacts").glob("adapters/*/manifest.json")):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=240)
-    assert proc.returncode == 130, err[-2000:]
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
     state = store_state(root)
     assert state["units"] and not state["tmp"]  # completed units only, no half-written directory
