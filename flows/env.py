@@ -42,8 +42,8 @@ _GC_HELD: list[bool] = []
 def hold_gc() -> None:
     """No garbage collection from now until `freeze_heap()` (or `release_gc()`): the start of
     a run imports ~6,000 modules (torch, transformers, Prefect, MLflow), and the collector's
-    full collections, one every few hundred thousand new objects, walked the growing heap 9
-    times for ~30 objects of garbage each; `mera run` spent ~2.0 s of its start in them, the
+    full collections (one each time the surviving objects grew by a quarter) walked the
+    growing heap 9 times for ~30 objects of garbage each; `mera run` spent ~2.0 s of its start in them, the
     plain loop of bench/overhead.py ~1.2 s (measured with gc.callbacks, up to the freeze)."""
     import gc
 
@@ -283,8 +283,6 @@ class WarmUp:
             self._ending = True
 
     def _start(self, fn) -> None:
-        import threading
-
         thread = threading.Thread(target=self._quietly, args=(fn,), name=f"mera-warm-up-{len(self.threads)}",
                                   daemon=True)
         thread.start()
