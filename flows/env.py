@@ -43,8 +43,9 @@ def hold_gc() -> None:
     """No garbage collection from now until `freeze_heap()` (or `release_gc()`): the start of
     a run imports ~6,000 modules (torch, transformers, Prefect, MLflow), and the collector's
     full collections (one each time the surviving objects grew by a quarter) walked the
-    growing heap 9 times for ~30 objects of garbage each; `mera run` spent ~2.0 s of its start in them, the
-    plain loop of bench/overhead.py ~1.2 s (measured with gc.callbacks, up to the freeze)."""
+    growing heap 9 times for ~30 objects of garbage each; `mera run` spent ~2.0 s of its start
+    in them, the plain loop of bench/overhead.py ~1.2 s (measured with gc.callbacks, up to the
+    freeze)."""
     import gc
 
     if gc.isenabled() and not _GC_HELD:

@@ -116,15 +116,22 @@ def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[i
     return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text(), left
 
 
-def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
-    """`mera` skips the interpreter's teardown (flows.cli.entry) only after every exit handler
-    ran: its output is whole, its exit code kept, MLflow's sweep run closed, and the API
-    server it started stopped: nothing is left in its process group."""
+def _small_sweep(tmp_path: Path, shared_data: Path, **sections) -> Path:
+    """tmp_path/sweep.yaml: the smoke sweep on two source tasks and one target."""
     cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     cfg["data"]["source"] = str(shared_data)
     cfg["pretrain"]["tasks"] = ["imdb", "mr"]
     cfg["fewshot"]["targets"] = ["sst2"]
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**cfg, **sections}))
+    return path
+
+
+def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
+    """`mera` skips the interpreter's teardown (flows.cli.entry) only after every exit handler
+    ran: its output is whole, its exit code kept, MLflow's sweep run closed, and the API
+    server it started stopped: nothing is left in its process group."""
+    _small_sweep(tmp_path, shared_data)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     code, out, err, left = _mera_alone(tmp_path, ["run", "--config", "sweep.yaml", "--until", "prepare"], env, 600)
     assert code == 0, err[-3000:]
@@ -210,14 +217,9 @@ def test_mera_run_holds_the_garbage_collector_until_its_heap_is_frozen(tmp_path,
     """No full collection walks the heap while `mera run` imports its libraries (flows.env:
     hold_gc); the collector runs again once they are frozen, and after a run that stopped
     at a mistake before its flow."""
-    cfg = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
-    cfg["data"]["source"] = str(shared_data)
-    cfg["pretrain"]["tasks"] = ["imdb", "mr"]
-    cfg["fewshot"]["targets"] = ["sst2"]
-    cfg["paths"] = {"root": str(tmp_path)}
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    config = _small_sweep(tmp_path, shared_data, paths={"root": str(tmp_path)})
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run([sys.executable, "-c", _GC_CHILD, str(tmp_path / "sweep.yaml")], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", _GC_CHILD, str(config)], cwd=REPO,
                           env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
