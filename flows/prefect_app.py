@@ -9,9 +9,10 @@ made quieter for the machine it shares with the run's training:
   out is Prefect's upkeep for long-lived servers (the event vacuum, automations) and the
   background work of a few API calls (deletions): a Prefect server you start does those
   (README: Servers);
-- with the objects it was built from frozen out of the garbage collector's reach, as
-  `flows.env.freeze_heap` does for the run (its full collections walked them: ~0.3 s of CPU
-  per smoke sweep).
+- without garbage collection while Prefect's server code is imported (5 full collections
+  of the growing heap: ~0.4 s of its ~2.8 s start), and with the objects it was built from
+  then frozen out of the collector's reach, as `flows.env.hold_gc` and `freeze_heap` do for
+  the run (its full collections walked them: ~0.3 s of CPU per smoke sweep).
 
 Imports nothing of mera's (flows.env would bring torch into the server)."""
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import gc
 from contextlib import asynccontextmanager
+
+gc.disable()  # until create_app() has built the app (this module is imported by uvicorn, to call it)
 
 
 @asynccontextmanager
@@ -33,4 +36,5 @@ def create_app():
     server.background_worker = no_background_worker
     app = server.create_app()
     gc.freeze()
+    gc.enable()
     return app
