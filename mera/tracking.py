@@ -106,7 +106,7 @@ class Tracker:
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
-        handle = UnitRun(self, run.info.run_id)
+        handle = UnitRun(self, run.info.run_id, run.info.artifact_uri)
         self._log(handle.run_id, params, {})
         try:
             yield handle
@@ -125,14 +125,20 @@ class Tracker:
 
 
 class UnitRun:
-    def __init__(self, tracker: Tracker, run_id: str):
-        self.tracker, self.run_id = tracker, run_id
+    def __init__(self, tracker: Tracker, run_id: str, artifact_uri: str):
+        self.tracker, self.run_id, self.artifact_uri = tracker, run_id, artifact_uri
 
     def metrics(self, values: dict[str, float]) -> None:
         self.tracker._log(self.run_id, {}, values)
 
     def artifacts(self, directory: Path, under: str | None = None) -> None:
-        _retry(self.tracker.client.log_artifacts, self.run_id, str(directory), under)
+        """Written to the run's artifact location (known since the run was created) by the
+        store's artifact repository, as the client's log_artifacts does after first reading
+        the whole run back from the database to find that location (5.8 vs 0.5 ms a unit)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(self.artifact_uri, tracking_uri=self.tracker.uri)
+        repo.log_artifacts(str(directory), under)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
