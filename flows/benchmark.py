@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import tasks.units as t
+from flows import env
 from mera import units
 from mera.config import ConfigError, SweepConfig
 from mera.tracking import flatten
@@ -40,6 +41,7 @@ def _blocked(upstream: list[dict]) -> dict | None:
 
 @flow(name="benchmark", log_prints=True)
 def benchmark(config: dict, until: str = "report") -> dict:
+    env.imports_done()  # MLflow, imported while the flow started (flows.env.WarmUp); then the heap is frozen
     cfg = SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the caller
     stop = units.STAGES.index(until)
     timings: dict[str, float] = {}
@@ -129,10 +131,7 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
     """Run the flow with the configured task runner (threads by default); `before()` is
     called once the libraries are imported, just before the flow starts."""
     workers = cfg.run.workers
-    import mlflow.entities  # noqa: F401
     import torch
-
-    from flows import env
 
     env.preload()
 
@@ -158,10 +157,8 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
         before()
     from prefect.settings import temporary_settings
 
-    import prefect.flow_engine  # noqa: F401  (imported by the flow's start otherwise, after the freeze)
+    import prefect.flow_engine  # noqa: F401  (imported by the flow's start otherwise)
     import prefect.task_engine  # noqa: F401
-
-    env.freeze_heap()  # everything is imported now
 
     # flow-run heartbeats tell a long-lived server that a run is alive; the server `mera run`
     # starts lives and dies with the run, and stopping the heartbeat thread holds the flow's

@@ -38,7 +38,7 @@ def _load(args, shallow: bool = False) -> "object":
 def cmd_run(args) -> int:
     from flows import env
 
-    env.hold_gc()  # until the flow's libraries are imported and frozen (flows.benchmark.run)
+    env.hold_gc()  # until the flow's libraries are imported and frozen (env.imports_done)
     try:
         return _run(args)
     finally:
@@ -82,7 +82,7 @@ def _run(args) -> int:
             with env.PREFECT_IMPORT:  # WarmUp's thread may be importing Prefect too
                 from flows.benchmark import run
 
-            out = run(cfg, args.until, before=warm.wait)
+            out = run(cfg, args.until, before=warm.flow_starts)
     finally:
         warm.close()
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "

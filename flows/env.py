@@ -37,6 +37,7 @@ def preload() -> None:
 
 
 _GC_HELD: list[bool] = []
+_FROZEN: list[bool] = []
 
 
 def hold_gc() -> None:
@@ -68,13 +69,27 @@ def freeze_heap() -> None:
     work, and end a `hold_gc()`. A sweep's units allocate many objects, so the collector walks
     the whole heap a dozen times in a smoke sweep; with torch, transformers, Prefect and MLflow
     loaded that walk took ~0.25 s each time (4.0 s of a `mera run`, measured with
-    gc.callbacks). Frozen objects are never freed, so this runs once, without a collection
-    first: the imports leave little garbage, and a collection would cost as much as one of the
-    walks it saves."""
+    gc.callbacks). Frozen objects are never freed, so this freezes once per process (a served
+    schedule runs many flows), without a collection first: the imports leave little garbage,
+    and a collection would cost as much as one of the walks it saves."""
     import gc
 
-    gc.freeze()
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
     release_gc()
+
+
+# threads still importing what the flow's first lines need (WarmUp's MLflow start), joined by imports_done()
+_IMPORTING: list[threading.Thread] = []
+
+
+def imports_done() -> None:
+    """The flow's first line: wait for the imports WarmUp still runs (flow_starts), then
+    freeze the heap; everything the units use is imported by then."""
+    while _IMPORTING:
+        _IMPORTING.pop().join()
+    freeze_heap()
 
 
 def configure(cfg: SweepConfig) -> None:
@@ -253,14 +268,20 @@ def _prefect_db_exists() -> bool:
 
 
 class WarmUp:
-    """Start what the flow will need in background threads, while the run's checks go on and
-    the flow's libraries (torch, transformers, ...) are imported: Prefect's API server (~3-6 s
-    here, ~15 s on a new Prefect home) and the MLflow store (~2 s when new).
+    """Start what the flow will need in background threads: Prefect's API server (~2.5 s here,
+    ~15 s on a new Prefect home) while the run's checks go on and the flow's libraries (torch,
+    transformers, ...) are imported, and the MLflow store (~0.5 s of imports, ~2 s when new)
+    while the flow starts.
 
     `WarmUp(cfg)` starts the server at once when Prefect's database exists already (it then
     creates nothing, so a mistake the checks find still leaves nothing behind; the server is
-    stopped at exit); `after_checks()` starts the rest. A failure here is ignored: the flow
-    then starts them itself (Prefect's own ephemeral server) and reports what goes wrong."""
+    stopped at exit); `after_checks()` starts it otherwise. `flow_starts()`, just before the
+    flow, starts MLflow and waits for the server (the flow's client needs its URL); the flow's
+    first line waits for MLflow (`imports_done()`). Its imports thus use the time the run
+    waits on the server: for its start, then ~0.4 s for its answers while Prefect starts the
+    flow (which imports none of the same modules); imported beside the flow's own imports, they
+    took turns with them for the GIL. A failure here is ignored: the flow then starts them
+    itself (Prefect's own ephemeral server) and reports what goes wrong."""
 
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
@@ -272,7 +293,12 @@ class WarmUp:
     def after_checks(self) -> None:
         if not self.threads:
             self._start(self._server)
-        self._start(self._mlflow)
+
+    def flow_starts(self) -> None:
+        waiting = list(self.threads)
+        _IMPORTING.append(self._start(self._mlflow))
+        for t in waiting:
+            t.join()
 
     def _server(self) -> None:
         start_api_server(ending=lambda: self._ending)
@@ -283,11 +309,12 @@ class WarmUp:
         with PREFECT_IMPORT:
             self._ending = True
 
-    def _start(self, fn) -> None:
+    def _start(self, fn) -> threading.Thread:
         thread = threading.Thread(target=self._quietly, args=(fn,), name=f"mera-warm-up-{len(self.threads)}",
                                   daemon=True)
         thread.start()
         self.threads.append(thread)
+        return thread
 
     @staticmethod
     def _quietly(fn) -> None:
@@ -300,7 +327,3 @@ class WarmUp:
         from mera.units import tracker
 
         tracker(self.cfg).experiment_id()
-
-    def wait(self) -> None:
-        for t in self.threads:
-            t.join()
