@@ -72,11 +72,12 @@ def _child(env: dict) -> dict:
 
 
 def _alive(pid: int) -> bool:
+    """Running (an exited process whose parent has not reaped it yet counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_run_starts_its_own_api_server_and_stops_it_at_exit():
@@ -93,6 +94,34 @@ def test_run_starts_its_own_api_server_and_stops_it_at_exit():
     while _alive(out["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(out["pid"]), "the API server outlived the run"
+
+
+# starts the API server as `mera run` does, then dies the way no exit handler survives
+_KILLED_CHILD = """
+import os, signal
+from flows.env import start_api_server
+
+print(start_api_server().process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_api_server_stops_itself_when_its_run_was_killed():
+    """A `mera run` killed with SIGKILL (or by the OOM killer) cannot stop its API server; the
+    server notices that its parent is gone and shuts down (flows/prefect_app.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CHILD], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    pid = int(proc.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the API server outlived the run that was killed"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_users_own_api_url_is_used_and_nothing_is_started():
