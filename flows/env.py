@@ -139,7 +139,11 @@ class ApiServer:
       its version, the client's first call, while the flow's libraries still import.
 
     Stopped at exit (registered before Prefect's own exit hooks, so it outlives their
-    final event flush)."""
+    final event flush). It runs in a session of its own: Ctrl-C in a terminal signals the
+    whole foreground process group, and a server that took the SIGINT too shut down under
+    the interrupted run, whose last state updates then failed (a traceback after ~70 s of
+    retries, the flow run left RUNNING). A run killed outright is watched for by the
+    server itself (flows/prefect_app.py)."""
 
     def __init__(self):
         import atexit
@@ -172,7 +176,8 @@ class ApiServer:
                     [sys.executable, "-m", "uvicorn", "--app-dir", app_dir,
                      "--factory", "flows.prefect_app:create_app", "--fd", str(sock.fileno()),
                      "--log-level", "error", "--lifespan", "on"],
-                    env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                    env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True)
         finally:
             sock.close()  # the server holds its own copy
 

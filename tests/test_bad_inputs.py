@@ -304,11 +304,11 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes(project):
     config = write_config(root, set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "long.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list((root / "artifacts").glob("adapters/*/manifest.json")):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, (out[-2000:], err[-2000:])
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err

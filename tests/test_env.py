@@ -129,10 +129,26 @@ def test_a_users_own_api_url_is_used_and_nothing_is_started():
     assert out == {"server": None, "prefect_server_imported": False}
 
 
+def _servers_under(root: Path) -> list[int]:
+    """The API servers `mera run` starts (flows/prefect_app.py) whose Prefect home is under root."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or b"flows.prefect_app:create_app" not in (proc / "cmdline").read_bytes():
+                continue
+            env = dict(v.split(b"=", 1) for v in (proc / "environ").read_bytes().split(b"\0") if b"=" in v)
+        except OSError:  # gone meanwhile
+            continue
+        if env.get(b"PREFECT_HOME", b"").decode().startswith(str(root)) and _alive(int(proc.name)):
+            pids.append(int(proc.name))
+    return pids
+
+
 def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[int, str, str, bool]:
     """`python -m flows.cli ARGS` in tmp_path, in its own session, output to files (not pipes: a
     child left running would hold a pipe open): its exit code, stdout, stderr, and whether
-    anything was left in its process group (killed then)."""
+    anything was left in its process group or an API server of its (in a session of its own)
+    was left running (killed then)."""
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path,
                                 env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err, start_new_session=True)
@@ -142,6 +158,9 @@ def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[i
         left = True
     except ProcessLookupError:
         left = False
+    for pid in _servers_under(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+        left = True
     return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text(), left
 
 
