@@ -158,7 +158,7 @@ def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[i
         left = True
     except ProcessLookupError:
         left = False
-    for pid in _servers_under(tmp_path):
+    for pid in _servers_under(Path(env.get("PREFECT_HOME", tmp_path))):  # the tests' Prefect home, or the run's
         os.kill(pid, signal.SIGKILL)
         left = True
     return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text(), left
