@@ -178,7 +178,8 @@ def _small_sweep(tmp_path: Path, shared_data: Path, **sections) -> Path:
 def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
     """`mera` skips the interpreter's teardown (flows.cli.entry) only after every exit handler
     ran: its output is whole, its exit code kept, MLflow's sweep run closed, and the API
-    server it started stopped: nothing is left in its process group."""
+    server it started stopped: nothing is left in its process group, nor that server (in a
+    session of its own)."""
     _small_sweep(tmp_path, shared_data)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     code, out, err, left = _mera_alone(tmp_path, ["run", "--config", "sweep.yaml", "--until", "prepare"], env, 600)
