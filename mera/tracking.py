@@ -90,23 +90,22 @@ class Tracker:
     def log_dir(self, run_id: str, directory: Path, under: str | None = None) -> None:
         _retry(self.client.log_artifacts, run_id, str(directory), under)
 
-    def finished(self, key: str) -> str | None:
-        runs = self.find(key, "FINISHED")
-        return runs[0].info.run_id if runs else None
-
     @contextmanager
-    def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict) -> Iterator["UnitRun"]:
-        """A child run for one unit, tagged with its attempt number; FAILED on error, KILLED
-        when interrupted. An earlier attempt still RUNNING was killed with its process: KILLED."""
-        earlier = self.find(key)
-        for run in earlier:
-            if run.info.status == "RUNNING":
-                _retry(self.client.set_terminated, run.info.run_id, status="KILLED")
-        all_tags = {"mera.key": key, "mera.attempt": str(len(earlier) + 1), **{k: str(v) for k, v in tags.items()}}
+    def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict, attempt: int = 1,
+                 previous: str | None = None, created=None) -> Iterator["UnitRun"]:
+        """A child run for one unit, tagged with its attempt number (the caller keeps count:
+        mera.units); FAILED on error, KILLED when interrupted. `previous`, the unit's last
+        attempt, is closed KILLED if still RUNNING: it was killed with its process.
+        `created(run_id)` is called once the run exists."""
+        if previous is not None and self._status(previous) == "RUNNING":
+            _retry(self.client.set_terminated, previous, status="KILLED")
+        all_tags = {"mera.key": key, "mera.attempt": str(attempt), **{k: str(v) for k, v in tags.items()}}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
         handle = UnitRun(self, run.info.run_id, run.info.artifact_uri)
+        if created is not None:
+            created(handle.run_id)
         self._log(handle.run_id, params, {})
         try:
             yield handle
@@ -114,6 +113,15 @@ class Tracker:
             self.end(handle.run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.end(handle.run_id, "FINISHED")
+
+    def _status(self, run_id: str) -> str | None:
+        """A run's status; None when the store no longer has it (a new or cleaned store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _retry(self.client.get_run, run_id).info.status
+        except MlflowException:
+            return None
 
     def _log(self, run_id: str, params: dict, metrics: dict) -> None:
         from mlflow.entities import Metric, Param

@@ -75,6 +75,11 @@ class Unit:
         f = self.failure_path(cfg)
         return json.loads(f.read_text()) if f.is_file() else None
 
+    def attempts_path(self, cfg: SweepConfig) -> Path:
+        """How many MLflow runs the unit has had and the last one's id (`_run_unit`)."""
+        path = self.path(cfg)
+        return path.parent / ".attempts" / f"{path.name}.json"
+
 
 def runtime(cfg: SweepConfig):
     """The device, precision and evaluation batch of this run (mera.train.Runtime)."""
@@ -149,6 +154,27 @@ def _injected_fault(unit: Unit) -> None:
     raise RuntimeError(f"injected transient failure {_faults[unit.key]}/{times} in {unit.readable} ({FAULT_ENV})")
 
 
+@contextmanager
+def _unit_run(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict):
+    """The unit's MLflow run, numbered by the unit's attempt record, which is kept beside its
+    artifacts (read and written here, one small file): finding earlier attempts by a tag
+    search instead cost a scan of the experiment's tags per unit (~2 ms on a new store,
+    ~18 ms at 20,000 runs). The record is written once the run exists; a previous attempt
+    still RUNNING (its process was killed mid-sweep) is closed KILLED."""
+    record = unit.attempts_path(cfg)
+    earlier = json.loads(record.read_text()) if record.is_file() else {"attempts": 0, "run_id": None}
+
+    def created(run_id: str) -> None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".tmp-{record.name}")
+        tmp.write_text(json.dumps({"attempts": earlier["attempts"] + 1, "run_id": run_id}))
+        os.replace(tmp, record)
+
+    with tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params),
+                               attempt=earlier["attempts"] + 1, previous=earlier["run_id"], created=created) as run:
+        yield run
+
+
 def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, work, logged: bool = True) -> dict:
     """Skip a finished unit; else run `work(tmp_dir) -> (manifest, metrics)` atomically and
     record it as an MLflow child run of the sweep (unless `logged` is False)."""
@@ -158,8 +184,7 @@ def _run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, w
     final = unit.path(cfg)
     tags = {"mera.stage": unit.stage, "mera.sweep": cfg.name, **tags}
     logged = logged and _TRACKING.get()
-    run_ctx = tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params)) if logged \
-        else nullcontext(None)
+    run_ctx = _unit_run(cfg, unit, parent_id, tags) if logged else nullcontext(None)
     failure = unit.failure_path(cfg)
     try:
         with run_ctx as run:

@@ -169,3 +169,38 @@ def test_4_a_config_error_is_not_retried_and_the_sweep_goes_on(sweep):
     healed = sweep.run()  # the mistake fixed (no fault any more): the same command completes it
     assert healed.returncode == 0, healed.stderr[-3000:]
     assert len(sweep.unit_dirs()) == N_FEWSHOT
+
+
+def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(tmp_path):
+    """Without any store search: the unit's attempt record numbers its runs, and the next
+    attempt closes the last one KILLED when a killed worker left it RUNNING mid-sweep."""
+    from mera import units
+    from mera.config import load_config
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"paths.root": str(tmp_path)}, shallow=True)
+    track = units.tracker(cfg)
+    unit = units.Unit("fewshot", "sst2.adapter.k4.s13", {"probe": 1})
+
+    def fails(_tmp):
+        raise RuntimeError("worker lost")
+
+    def works(_tmp):
+        return {"probe": 1}, {"accuracy": 0.5}
+
+    def run(work) -> None:
+        try:
+            units._run_unit(cfg, unit, None, {}, work)
+        except RuntimeError:
+            pass
+
+    def attempts() -> list[tuple[int, str]]:
+        return sorted((int(r.data.tags["mera.attempt"]), r.info.status) for r in track.find(unit.key))
+
+    run(fails)
+    first = json.loads(unit.attempts_path(cfg).read_text())["run_id"]
+    track.client.update_run(first, status="RUNNING")  # as if its worker had been killed
+    run(works)
+    assert attempts() == [(1, "KILLED"), (2, "FINISHED")]
+    shutil.rmtree(unit.path(cfg))  # deleted: the unit runs again, as attempt 3
+    run(works)
+    assert attempts() == [(1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
