@@ -136,7 +136,9 @@ class ApiServer:
       flow's imports on a small machine); it is told the URL like any user's server;
     - the socket is bound here and handed over (`uvicorn --fd`): no free-port race;
     - its first answer is slow (~0.5 s: the app's lazy set-up), so it is asked once for
-      its version, the client's first call, while the flow's libraries still import.
+      its version, the client's first call, while the flow's libraries still import;
+    - the run's events reach it over a local websocket without compression (uvicorn's
+      default compresses each message: CPU on both ends, for nothing on a loopback).
 
     Stopped at exit (registered before Prefect's own exit hooks, so it outlives their
     final event flush). It runs in a session of its own: Ctrl-C in a terminal signals the
@@ -175,7 +177,7 @@ class ApiServer:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "uvicorn", "--app-dir", app_dir,
                      "--factory", "flows.prefect_app:create_app", "--fd", str(sock.fileno()),
-                     "--log-level", "error", "--lifespan", "on"],
+                     "--log-level", "error", "--lifespan", "on", "--ws-per-message-deflate", "false"],
                     env=env, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True)
         finally:
