@@ -25,7 +25,7 @@ def fresh_root(tag: str) -> Path:
 
 # One Prefect home and one MLflow store for every bench run, created by `setup` (not
 # timed): as in a project, where only the very first run creates Prefect's database (~10 s
-# more, once) and MLflow's (~1 s more, once). The MLflow store is made anew by each bench.
+# more, once) and MLflow's (~1 s more, once). Both are made anew by each bench.
 PREFECT_HOME = Path(tempfile.gettempdir()) / "mera-bench-prefect"
 MLFLOW_STORE = Path(tempfile.gettempdir()) / "mera-bench-mlflow"
 
@@ -37,9 +37,12 @@ def overrides(root: Path, extra: list[str] = ()) -> list[str]:
 
 
 def setup(config: str) -> None:
-    """Import the sweep's tasks into the project's data/, create the bench's Prefect home and
-    a new MLflow store (a run up to `prepare`; not timed)."""
+    """Import the sweep's tasks into the project's data/, create a new Prefect home and a new
+    MLflow store (a run up to `prepare`; not timed): each bench starts from a project after
+    its first run. A Prefect database kept from earlier benches grew with each of them (450 MB
+    after two days of runs) and slowed the API server's start and its work for each task."""
     shutil.rmtree(MLFLOW_STORE, ignore_errors=True)
+    shutil.rmtree(PREFECT_HOME, ignore_errors=True)
     root = fresh_root("setup")
     subprocess.run([*MERA, "run", "--config", config, "--until", "prepare", *overrides(root)], cwd=PROJECT,
                    check=True, capture_output=True)
