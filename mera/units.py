@@ -162,7 +162,11 @@ def _unit_run(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict):
     ~18 ms at 20,000 runs). The record is written once the run exists; a previous attempt
     still RUNNING (its process was killed mid-sweep) is closed KILLED."""
     record = unit.attempts_path(cfg)
-    earlier = json.loads(record.read_text()) if record.is_file() else {"attempts": 0, "run_id": None}
+    try:
+        earlier = json.loads(record.read_text())
+        earlier = {"attempts": int(earlier["attempts"]), "run_id": earlier.get("run_id")}
+    except (OSError, ValueError, TypeError, KeyError):  # none yet, or damaged: counting starts again
+        earlier = {"attempts": 0, "run_id": None}
 
     def created(run_id: str) -> None:
         record.parent.mkdir(parents=True, exist_ok=True)

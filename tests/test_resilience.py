@@ -204,3 +204,7 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
     shutil.rmtree(unit.path(cfg))  # deleted: the unit runs again, as attempt 3
     run(works)
     assert attempts() == [(1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
+    unit.attempts_path(cfg).write_text("{not json")  # a damaged record: counting starts again, nothing fails
+    shutil.rmtree(unit.path(cfg))
+    run(works)
+    assert attempts() == [(1, "FINISHED"), (1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
