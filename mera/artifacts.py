@@ -76,6 +76,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` a file beside `path`, then rename it into place: readers see the old file
+    or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Written last: records the content hash of every file the unit wrote."""
     manifest = {**manifest, "files": file_hashes(directory)}

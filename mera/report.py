@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 import statistics
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
+from mera.artifacts import atomic_write
 from mera.config import SweepConfig
 
 MERA = ("mera-wts", "mera-acts")  # the OT merges the questions are asked about
@@ -46,13 +46,6 @@ def cells(results: list[dict], metric: str = "accuracy") -> dict:
                     "mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                     "n": len(vals), "values": vals, "single_source": (target, label) in single}
     return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def failed_cells(failures: list[dict]) -> dict:
@@ -229,7 +222,7 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     _pyplot().close(fig)
 
 
@@ -374,14 +367,14 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
                  *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]
     text = "\n".join(body)
     report = out_dir / "report.md"
-    _atomic_write(report, lambda p: p.write_text(text))
-    _atomic_write(out_dir / "report.html", lambda p: p.write_text(to_html(text, out_dir, cfg.name)))
+    atomic_write(report, lambda p: p.write_text(text))
+    atomic_write(out_dir / "report.html", lambda p: p.write_text(to_html(text, out_dir, cfg.name)))
     done_evals = [e for e in mergeevals or [] if "summary" in e]
     metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1, "comparisons": tests, "failed": failures or [],
                "mean_accuracy_by_init": _mean_by_init(acc),
                "units": sorted(r["key"] for r in results + done_evals),
                **({"multitask": multitask} if multitask is not None else {})}
-    _atomic_write(cfg.paths.resolve("results") / "metrics.json",
+    atomic_write(cfg.paths.resolve("results") / "metrics.json",
                   lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
     return report
 

@@ -163,19 +163,16 @@ def _unit_run(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict):
     still RUNNING (its process was killed mid-sweep) is closed KILLED."""
     record = unit.attempts_path(cfg)
     try:
-        earlier = json.loads(record.read_text())
-        earlier = {"attempts": int(earlier["attempts"]), "run_id": earlier.get("run_id")}
+        last = json.loads(record.read_text())
+        attempt, previous = int(last["attempts"]) + 1, last.get("run_id")
     except (OSError, ValueError, TypeError, KeyError):  # none yet, or damaged: counting starts again
-        earlier = {"attempts": 0, "run_id": None}
+        attempt, previous = 1, None
 
     def created(run_id: str) -> None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f".tmp-{record.name}")
-        tmp.write_text(json.dumps({"attempts": earlier["attempts"] + 1, "run_id": run_id}))
-        os.replace(tmp, record)
+        artifacts.atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"attempts": attempt, "run_id": run_id})))
 
     with tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params),
-                               attempt=earlier["attempts"] + 1, previous=earlier["run_id"], created=created) as run:
+                               attempt=attempt, previous=previous, created=created) as run:
         yield run
 
 
