@@ -92,11 +92,10 @@ class Tracker:
 
     @contextmanager
     def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict, attempt: int = 1,
-                 previous: str | None = None, created=None) -> Iterator["UnitRun"]:
+                 previous: str | None = None) -> Iterator["UnitRun"]:
         """A child run for one unit, tagged with its attempt number (the caller keeps count:
         mera.units); FAILED on error, KILLED when interrupted. `previous`, the unit's last
-        attempt, is closed KILLED if still RUNNING: it was killed with its process.
-        `created(run_id)` is called once the run exists."""
+        attempt, is closed KILLED if still RUNNING: it was killed with its process."""
         if previous is not None and self._status(previous) == "RUNNING":
             _retry(self.client.set_terminated, previous, status="KILLED")
         all_tags = {"mera.key": key, "mera.attempt": str(attempt), **{k: str(v) for k, v in tags.items()}}
@@ -104,8 +103,6 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
         handle = UnitRun(self, run.info.run_id, run.info.artifact_uri)
-        if created is not None:
-            created(handle.run_id)
         self._log(handle.run_id, params, {})
         try:
             yield handle

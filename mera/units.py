@@ -159,7 +159,7 @@ def _unit_run(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict):
     """The unit's MLflow run, numbered by the unit's attempt record, which is kept beside its
     artifacts (read and written here, one small file): finding earlier attempts by a tag
     search instead cost a scan of the experiment's tags per unit (~2 ms on a new store,
-    ~18 ms at 20,000 runs). The record is written once the run exists; a previous attempt
+    ~18 ms at 20,000 runs). The record is written once the run is open; a previous attempt
     still RUNNING (its process was killed mid-sweep) is closed KILLED."""
     record = unit.attempts_path(cfg)
     try:
@@ -168,11 +168,10 @@ def _unit_run(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict):
     except (OSError, ValueError, TypeError, KeyError):  # none yet, or damaged: counting starts again
         attempt, previous = 1, None
 
-    def created(run_id: str) -> None:
-        artifacts.atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"attempts": attempt, "run_id": run_id})))
-
     with tracker(cfg).unit_run(parent_id, unit.key, unit.readable, tags, flatten(unit.params),
-                               attempt=attempt, previous=previous, created=created) as run:
+                               attempt=attempt, previous=previous) as run:
+        artifacts.atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"attempts": attempt,
+                                                                              "run_id": run.run_id})))
         yield run
 
 
