@@ -188,6 +188,7 @@ def test_mera_run_ends_at_once_after_its_exit_handlers(tmp_path, shared_data):
     assert not left  # the API server was stopped (and reaped) before the exit
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:
         assert con.execute("select status from runs").fetchall() == [("FINISHED",)]  # the sweep's run
+        assert con.execute("pragma journal_mode").fetchone() == ("wal",)  # mera.tracking._write_ahead_log
 
 
 def test_a_mistake_found_after_the_early_server_start_leaves_no_server_behind(tmp_path, shared_data):
