@@ -44,9 +44,10 @@ def main() -> None:
     from mera.config import ModelConfig
     from mera.merge import merge
     from mera.models import adapter_state, build_model
+    from mera.train import set_threads
     from mera.tasks import read_task
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    set_threads(os.cpu_count() or 1)
     cfg = ModelConfig(max_length=128)
     model, tok = build_model(cfg, 2)
     shapes = {k: v.shape for k, v in adapter_state(model).items()}

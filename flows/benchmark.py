@@ -143,12 +143,11 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
     """Run the flow with the configured task runner (threads by default); `before()` is
     called once the libraries are imported, just before the flow starts."""
     workers = cfg.run.workers
-    import torch
-
     env.preload()
+    from mera.train import set_threads
 
     threads = cfg.run.torch_threads or max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(threads)
+    set_threads(threads)  # only when it differs: see mera.train.set_threads
     os.environ["MERA_TORCH_THREADS"] = str(threads)  # read by each worker process (tasks.units)
     if cfg.run.runner == "process":
         from prefect.task_runners import ProcessPoolTaskRunner

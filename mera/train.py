@@ -24,6 +24,16 @@ from mera.config import ConfigError
 from mera.tokens import Encoded, encode
 
 
+def set_threads(n: int) -> None:
+    """torch's threads for this process's units, set only when they differ from torch's own
+    count: `torch.set_num_threads` also pins MKL to that many threads for every matrix
+    product, even the small ones of a few-shot step, which MKL alone runs on one thread.
+    Pinned, a smoke sweep opened ~4.3 M OpenMP parallel regions instead of ~0.16 M (counted
+    with a shim on GOMP_parallel) and its units ran 2-7 % slower (BENCHMARKS.md)."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int

@@ -19,10 +19,9 @@ from mera.config import SweepConfig
 def _cfg(config: dict) -> SweepConfig:
     threads = os.environ.get("MERA_TORCH_THREADS")
     if threads:  # a worker process of the process runner: workers x threads = cores
-        import torch
+        from mera.train import set_threads
 
-        if torch.get_num_threads() != int(threads):
-            torch.set_num_threads(int(threads))
+        set_threads(int(threads))
     return SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the CLI
 
 

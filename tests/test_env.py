@@ -247,6 +247,22 @@ def test_mera_backs_large_tensors_with_huge_pages_unless_the_user_says_no(tmp_pa
     assert huge == expected  # (mera's default, the user's "0"); >= half of the tensor in huge pages
 
 
+def test_torch_threads_are_set_only_when_they_differ(monkeypatch):
+    """torch.set_num_threads also pins MKL to that many threads for every matrix product
+    (mera.train.set_threads): a run leaves torch alone when its count is already right."""
+    import torch
+
+    from mera.train import set_threads
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    current = torch.get_num_threads()
+    set_threads(current)
+    assert calls == []
+    set_threads(current + 1)
+    assert calls == [current + 1]
+
+
 # `mera run` in-process, twice: a sweep up to `prepare`, then a mistake found after the start
 _GC_CHILD = """
 import gc, json, sys
