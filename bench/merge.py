@@ -44,8 +44,8 @@ def main() -> None:
     from mera.config import ModelConfig
     from mera.merge import merge
     from mera.models import adapter_state, build_model
-    from mera.train import set_threads
     from mera.tasks import read_task
+    from mera.train import set_threads
 
     set_threads(os.cpu_count() or 1)
     cfg = ModelConfig(max_length=128)

@@ -50,10 +50,11 @@ class Tracker:
     def __init__(self, store: str | Path, experiment: str):
         store = str(store)
         if "://" in store:
-            self.uri, self.artifact_root = store, None
+            self.uri, self.db, self.artifact_root = store, None, None
         else:
             root = Path(store).resolve()
-            self.uri, self.artifact_root = f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
+            self.db, self.artifact_root = root / "mlflow.db", root / "artifacts"
+            self.uri = f"sqlite:///{self.db}"
         self.experiment = experiment
         self._client = None
 
@@ -71,9 +72,9 @@ class Tracker:
         known = _EXPERIMENTS.get((self.uri, self.experiment))
         if known is not None:
             return known
-        if self.artifact_root is not None:
+        if self.db is not None:
             self.artifact_root.mkdir(parents=True, exist_ok=True)
-            _write_ahead_log(self.artifact_root.parent / "mlflow.db")
+            _write_ahead_log(self.db)
         exp = _retry(self.client.get_experiment_by_name, self.experiment)
         if exp is not None:
             return _EXPERIMENTS.setdefault((self.uri, self.experiment), exp.experiment_id)
