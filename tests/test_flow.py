@@ -42,8 +42,9 @@ def task_states(flow_run_id: str, expected: int = sum(STAGE_COUNTS.values())) ->
     for _ in range(120):
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        states = [r.state.name for r in runs if r.name.startswith(("pretrain", "merge", "fewshot"))]
-        if len(states) >= expected and all(r.state.is_final() for r in runs):
+        arrived = [r for r in runs if r.state is not None]  # a run's first state may come after the run
+        states = [r.state.name for r in arrived if r.name.startswith(("pretrain", "merge", "fewshot"))]
+        if len(states) >= expected and len(arrived) == len(runs) and all(r.state.is_final() for r in runs):
             return states
         time.sleep(0.5)
     return states
