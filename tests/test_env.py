@@ -53,6 +53,7 @@ def check():
 value, run_id = check()
 with get_client(sync_client=True) as client:
     runs = len(client.read_flow_runs())
+    services = client.request("GET", "/admin/settings").json()["server"]["services"]
 
 server.stop()  # its task-run recorder writes in batches: what is left is written at its stop
 import sqlite3
@@ -60,6 +61,8 @@ with sqlite3.connect(os.path.join(os.environ["PREFECT_HOME"], "prefect.db")) as 
     states = [r[0] for r in db.execute("select state_type from task_run where flow_run_id = ?", (run_id,))]
 print(json.dumps({"server": server.url, "api_url": PREFECT_API_URL.value(), "pid": server.process.pid,
                   "value": value, "runs": runs, "task_states": states, "idle_wakeups": wakeups,
+                  "recorder_batch": services["task_run_recorder"]["batch_size"],
+                  "triggers": services["triggers"]["enabled"],
                   "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
 """
 
@@ -89,6 +92,8 @@ def test_run_starts_its_own_api_server_and_stops_it_at_exit():
     # idle, it wakes ~40 times a second here; Prefect's app with its background worker ~155
     # (flows/prefect_app.py): each wake-up is taken from the run's training
     assert out["idle_wakeups"] < 100
+    # and its services are set for a server that lives as long as one run (flows.env.SERVER_DEFAULTS)
+    assert out["recorder_batch"] == 100 and out["triggers"] is False
     assert not out["prefect_server_imported"]  # the client never loads the server's code
     deadline = time.monotonic() + 10
     while _alive(out["pid"]) and time.monotonic() < deadline:
