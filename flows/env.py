@@ -123,9 +123,10 @@ def configure(cfg: SweepConfig) -> None:
 # - its task-run recorder writes task-run states in batches of up to 100 (or every 5 s, and all
 #   at its stop) instead of one transaction per state; 75 tasks cost the server 4.5-5.0 s of CPU
 #   instead of 6.5-7.2 s;
-# - no automations: their reactive half read every event (~20 % of the server's CPU per task,
-#   bench: 200 no-op tasks, 1.9-2.5 -> 1.6-2.0 s) and their proactive half and the actions
-#   they trigger need the background worker this server runs without (flows/prefect_app.py)
+# - no automations: their reactive half read every event (~20 % of the server's CPU per task:
+#   200 no-op tasks, two alternating pairs, 2.46 -> 1.95 s and 1.89 -> 1.56 s), and their
+#   proactive half and the actions they trigger need the background worker this server runs
+#   without (flows/prefect_app.py)
 SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
                    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 
