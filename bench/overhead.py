@@ -93,6 +93,9 @@ def main() -> None:
     print(f"{'run':<40}{'seconds':>9}")
     print(f"{'mera run (Prefect + MLflow)':<40}{best['orchestrated']:>9.1f}")
     print(f"{'plain loop (neither)':<40}{best['plain']:>9.1f}   stages: {out.strip().splitlines()[-1]}")
+    pairs = [(o - p) / p for o, p in zip(times["orchestrated"], times["plain"])]
+    print("each alternating pair's own (orchestrated - plain) / plain, for the VM's spread: "
+          + " ".join(f"{f:.4f}" for f in pairs))
     print(sw.result_line(overhead_frac=(best["orchestrated"] - best["plain"]) / best["plain"],
                          orchestrated_s=best["orchestrated"], plain_s=best["plain"]))
 
