@@ -190,9 +190,10 @@ def _no_fewshot() -> "FewshotConfig":
 
 class RunConfig(_Section):
     workers: int = Field(1, gt=0)  # concurrent units
-    # thread: one process, shared torch RNG (fast start; not bit-reproducible with workers > 1);
+    # thread: one process, shared torch RNG (not bit-reproducible with workers > 1);
     # process: one process per worker (own RNG: identical metrics run to run)
     # dask: prefect-dask, a local cluster of `workers` processes, or the scheduler at `address`
+    # unset: process when workers > 1, so every sweep is reproducible unless told otherwise
     runner: Literal["thread", "process", "dask"] = "thread"
     address: str | None = None  # dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster)
     torch_threads: int | None = Field(None, gt=0)  # per worker; default cores / workers
@@ -201,6 +202,15 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     eval_batch_size: int | None = Field(None, gt=0)  # default 64 on the CPU, 512 on CUDA
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reproducible_runner(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("runner") is None:  # absent or null
+            workers = data.get("workers", 1)
+            several = isinstance(workers, int) and not isinstance(workers, bool) and workers > 1
+            data = {**{k: v for k, v in data.items() if k != "runner"}, **({"runner": "process"} if several else {})}
+        return data
 
 
 class PathsConfig(_Section):

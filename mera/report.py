@@ -107,9 +107,29 @@ def paired(scores: dict[str, dict[tuple, float]], a: str, b: str) -> dict | None
         from scipy.stats import wilcoxon
 
         p = float(wilcoxon(deltas, zero_method="wilcox", alternative="two-sided").pvalue)
-    return {"a": a, "b": b, "n": len(deltas), "mean_delta": statistics.fmean(deltas),
+    mean = statistics.fmean(deltas)
+    return {"a": a, "b": b, "n": len(deltas), "mean_delta": mean,
             "wins": sum(d > 0 for d in deltas), "ties": sum(d == 0 for d in deltas),
-            "losses": sum(d < 0 for d in deltas), "p": p}
+            "losses": sum(d < 0 for d in deltas), "p": p,
+            "same_sign": seed_stability(deltas, [key[-1] for key in common], mean)}
+
+
+BOOTSTRAP = 2000  # resamples of seeds behind `same_sign`
+
+
+def seed_stability(deltas: list[float], seeds: list, mean: float) -> float:
+    """The share of bootstrap resamples of the seeds (drawn with replacement, every pair of a
+    drawn seed kept) whose mean difference has the sign of `mean`: how much the finding hangs
+    on which seeds were run. Fixed RNG, so the report is the same run to run."""
+    import numpy as np
+
+    names = sorted(set(seeds))
+    index = np.array([names.index(s) for s in seeds])
+    sums = np.bincount(index, weights=np.asarray(deltas, dtype=float), minlength=len(names))
+    counts = np.bincount(index, minlength=len(names))
+    draws = np.random.default_rng(0).multinomial(len(names), [1 / len(names)] * len(names), size=BOOTSTRAP)
+    means = (draws @ sums) / (draws @ counts)
+    return float(np.mean(np.sign(np.round(means, 9)) == np.sign(round(mean, 9))))
 
 
 def comparisons(results: list[dict]) -> dict[str, list[dict]]:
@@ -145,9 +165,10 @@ def _fmt_p(p: float | None) -> str:
 def comparison_table(rows: list[dict]) -> str:
     if not rows:
         return "_not in this sweep_"
-    lines = ["| A | B | pairs | mean Δ (A−B, pts) | wins / ties / losses | Wilcoxon p |", "|---|---|---|---|---|---|"]
-    lines += [f"| {c['a']} | {c['b']} | {c['n']} | {c['mean_delta']:+.2f} | {c['wins']} / {c['ties']} / {c['losses']} "
-              f"| {_fmt_p(c['p'])} |" for c in rows]
+    lines = ["| A | B | pairs | mean Δ (A−B, pts) | same sign over seed resamples | wins / ties / losses "
+             "| Wilcoxon p |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c['a']} | {c['b']} | {c['n']} | {c['mean_delta']:+.2f} | {100 * c['same_sign']:.0f} % "
+              f"| {c['wins']} / {c['ties']} / {c['losses']} | {_fmt_p(c['p'])} |" for c in rows]
     return "\n".join(lines)
 
 
@@ -339,7 +360,9 @@ def _caps(cfg: SweepConfig, shots: list[int]) -> list[str]:
         "- merge groups never include the target's own adapter (AdapterFusion's paper included it); "
         "† = a group of one source: every merge is that adapter (single-source)",
         "- **bold** = best mean of its target and K; Δ in accuracy points; p = two-sided Wilcoxon signed-rank "
-        "over (target, K, seed) pairs",
+        "over (target, K, seed) pairs; same sign = share of "
+        f"{BOOTSTRAP} bootstrap resamples of the seeds (with replacement) whose mean Δ has the sign of the "
+        "observed one",
     ]
 
 

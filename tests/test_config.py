@@ -49,3 +49,20 @@ def test_cli_reports_a_user_mistake_in_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "merge.methods: unknown merge method 'mera-wtz'; did you mean 'mera-wts'" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing half-written
+
+
+@pytest.mark.parametrize("run, runner", [
+    ({"workers": 2}, "process"),  # several workers: one process each, reproducible by default
+    ({"workers": 2, "runner": None}, "process"),
+    ({"workers": 1}, "thread"),
+    ({}, "thread"),
+    ({"workers": 2, "runner": "thread"}, "thread"),  # asked for: kept
+])
+def test_several_workers_run_in_processes_unless_a_runner_is_named(run, runner):
+    assert load_config(SMOKE, {"run": run}).run.runner == runner
+
+
+@pytest.mark.parametrize("config", ["smoke", "quick", "default", "multitask", "paper"])
+def test_every_shipped_config_with_several_workers_is_reproducible(config):
+    run = load_config(REPO / "configs" / f"{config}.yaml", shallow=True).run
+    assert run.workers == 1 or run.runner in ("process", "dask")
