@@ -152,7 +152,7 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
     if cfg.run.runner == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        runner = ProcessPoolTaskRunner(max_workers=workers)
+        runner = ProcessPoolTaskRunner(max_workers=workers, initializer=t.worker_init)
     elif cfg.run.runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner

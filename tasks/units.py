@@ -25,6 +25,15 @@ def _cfg(config: dict) -> SweepConfig:
     return SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the CLI
 
 
+def worker_init() -> None:
+    """A process-runner worker leaves Ctrl-C to the run: the terminal signals the whole process
+    group, and a worker interrupted mid-unit left the pool unable to shut down (the run hung at
+    exit). The run stops handing out units and ends once the running ones have finished."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _stale_record(key: str) -> Path | None:
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
 

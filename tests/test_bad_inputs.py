@@ -297,11 +297,13 @@ def test_a_second_run_of_a_sweep_exits_clearly(project):
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_and_the_sweep_resumes(project):
+@pytest.mark.parametrize("workers", [1, 2])  # one thread; two worker processes (the runner several workers get)
+def test_sigint_stops_cleanly_and_the_sweep_resumes(project, workers):
     root, _, cfg = project
     # 12 fine-tunes after the first adapter: the interrupt lands while there is work left
     # (with ok.yaml's 2 the sweep could end before the signal did)
-    config = write_config(root, set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "long.yaml")
+    config = write_config(root, set_key(set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "run.workers", workers),
+                          "long.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
