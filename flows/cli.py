@@ -223,10 +223,11 @@ def cmd_schedule(args) -> int:
 
     from flows.schedule import deployment
 
-    dep = deployment(args.config, args.cron, args.until)
-    print(f"deployment benchmark-from-file/{dep.name}: cron {args.cron!r}, config {Path(args.config).resolve()}; "
-          "serving it (Ctrl-C stops; the schedule stays registered)")
-    serve(dep)
+    dep = deployment(args.config, args.cron, args.until, args.set)
+    extra = f", overrides {' '.join(args.set)}" if args.set else ""
+    print(f"deployment benchmark-from-file/{dep.name}: cron {args.cron!r}, config {Path(args.config).resolve()}"
+          f"{extra}; serving it (Ctrl-C stops serving and pauses the schedule; this command again resumes it)")
+    serve(dep, limit=1)  # one sweep at a time: a run still going when the next is due delays it
     return 0
 
 

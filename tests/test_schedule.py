@@ -17,10 +17,11 @@ def test_deployment_carries_the_cron_schedule_and_parameters():
     from flows.schedule import deployment
 
     config = REPO / "configs" / "quick.yaml"
-    dep = deployment(config, "0 3 * * 1", until="fewshot")
+    dep = deployment(config, "0 3 * * 1", until="fewshot", overrides=["fewshot.seeds=[1, 2]"])
     assert dep.name == "mera-quick" and "quick" in dep.tags
     assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * 1"]
-    assert dep.parameters == {"config_path": str(config.resolve()), "until": "fewshot"}
+    assert dep.parameters == {"config_path": str(config.resolve()), "until": "fewshot",
+                              "overrides": ["fewshot.seeds=[1, 2]"]}
     assert dep.flow_name == "benchmark-from-file"
 
 
@@ -31,6 +32,8 @@ def test_a_bad_cron_or_config_fails_before_anything_is_registered():
         deployment(REPO / "configs" / "quick.yaml", "every monday")
     with pytest.raises(ConfigError, match="does not exist"):
         deployment(REPO / "configs" / "nope.yaml", "0 3 * * 1")
+    with pytest.raises(ConfigError, match="shots must be positive"):
+        deployment(REPO / "configs" / "quick.yaml", "0 3 * * 1", overrides=["fewshot.shots=[0]"])
 
 
 def test_prefect_yaml_deploys_real_configs_on_valid_schedules():
