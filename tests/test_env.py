@@ -149,6 +149,20 @@ def _servers_under(root: Path) -> list[int]:
     return pids
 
 
+def _alive_in_group(pgid: int) -> list[int]:
+    """Processes of the group that still run: an exited child that nobody reaps (init in a
+    container may not: the process pool's resource tracker) is a zombie, not a leak."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
 def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[int, str, str, bool]:
     """`python -m flows.cli ARGS` in tmp_path, in its own session, output to files (not pipes: a
     child left running would hold a pipe open): its exit code, stdout, stderr, and whether
@@ -158,11 +172,9 @@ def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[i
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path,
                                 env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err, start_new_session=True)
         code = proc.wait(timeout=timeout)
-    try:
+    left = bool(_alive_in_group(proc.pid))
+    if left:
         os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in its process group
-        left = True
-    except ProcessLookupError:
-        left = False
     for pid in _servers_under(Path(env.get("PREFECT_HOME", tmp_path))):  # the tests' Prefect home, or the run's
         os.kill(pid, signal.SIGKILL)
         left = True
