@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(BIN)/mera run --config $(CONFIG)
 
-# pytest's exit 5 (no test collected) is a failure here, not a pass
+# the linter first (pyproject's [tool.ruff]); pytest's exit 5 (no test collected) is a failure here, not a pass
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 repro: install

@@ -65,8 +65,8 @@ def main() -> None:
     rows = []
     for n in sizes:
         states = adapters(n)
-        wts = best_of(args.repeats, lambda: merge("mera-wts", states))
-        full = best_of(args.repeats, lambda: merge("mera-acts", states, activations=acts))
+        wts = best_of(args.repeats, lambda states=states: merge("mera-wts", states))
+        full = best_of(args.repeats, lambda states=states: merge("mera-acts", states, activations=acts))
         rows.append((n, wts, full))
 
     print(f"merge time (s), best of {args.repeats}; {len(shapes) // 4} modules x 24 units; acts = N forward passes "

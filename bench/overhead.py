@@ -89,7 +89,8 @@ def main() -> None:
         sys.exit(f"the runs trained different numbers of units: {counts}")
     best = {k: min(v) for k, v in times.items()}
     print(f"sweep {args.config}, workers {args.workers}: {next(iter(counts))[0]} trainings per run; fastest of "
-          f"{args.repeats} alternating runs (all: {', '.join(f'{k} ' + ' '.join(f'{t:.1f}' for t in v) for k, v in times.items())})")
+          f"{args.repeats} alternating runs (all: "
+          f"{', '.join(f'{k} ' + ' '.join(f'{t:.1f}' for t in v) for k, v in times.items())})")
     print(f"{'run':<40}{'seconds':>9}")
     print(f"{'mera run (Prefect + MLflow)':<40}{best['orchestrated']:>9.1f}")
     print(f"{'plain loop (neither)':<40}{best['plain']:>9.1f}   stages: {out.strip().splitlines()[-1]}")

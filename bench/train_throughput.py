@@ -9,7 +9,8 @@ clipping at 1.0) and lr. Both get the rows tokenised beforehand (not timed); the
 the usual `DataCollatorWithPadding` (pads each batch to its longest row), mera its own loop
 (length-bucketed batches, no per-step host syncs, bf16 autocast on CUDA, the Trainer bf16
 too). Timed: the training call only. Both final models are scored on the task's validation
-split by the same function. A few steps on a throwaway model warm the device first. Ends with `RESULT train_speedup=<mera/trainer> ...`.
+split by the same function. A few steps on a throwaway model warm the device first. Ends
+with `RESULT train_speedup=<mera/trainer> ...`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def main() -> None:
              **({"token_type_ids": items.types[i].tolist()} if items.types is not None else {}),
              "labels": int(df["label"].iloc[i])} for i in range(len(items))]
     targs = TrainingArguments(
-        output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "mera-bench-trainer"), per_device_train_batch_size=args.batch_size,
+        output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "mera-bench-trainer"),
+        per_device_train_batch_size=args.batch_size,
         num_train_epochs=args.epochs, learning_rate=args.lr, lr_scheduler_type="linear", warmup_ratio=0.06,
         weight_decay=0.0, max_grad_norm=1.0, seed=args.seed, save_strategy="no", logging_strategy="no",
         report_to=[], disable_tqdm=True, use_cpu=rt.device == "cpu", bf16=rt.bf16, dataloader_num_workers=0)

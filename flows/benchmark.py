@@ -88,7 +88,8 @@ def benchmark(config: dict, until: str = "report") -> dict:
                     jobs[(target, group, method)] = t.merge.submit(q(config), target, group, method, q(ups), parent)
             merges.update(_gather(jobs))
             timings["merge"] = time.perf_counter() - clock
-            out["failed"] += [{"stage": "merge", "unit": ".".join(k), **r} for k, r in merges.items() if r.get("failed")]
+            out["failed"] += [{"stage": "merge", "unit": ".".join(k), **r}
+                              for k, r in merges.items() if r.get("failed")]
         if stop >= 3 and cfg.fewshot.targets:
             clock = time.perf_counter()
             grid = units.fewshot_grid(cfg, tracks, adapters, merges)
@@ -103,7 +104,8 @@ def benchmark(config: dict, until: str = "report") -> dict:
             timings["fewshot"] = time.perf_counter() - clock
             results = [done[i] for i in range(len(grid)) if not done[i].get("failed")]
             failures = [{"target": u["target"], "init": u["init"].name, "group": u["group"], "shots": u["shots"],
-                         "seed": u["seed"], "error": done[i]["failed"]} for i, u in enumerate(grid) if done[i].get("failed")]
+                         "seed": u["seed"], "error": done[i]["failed"]}
+                        for i, u in enumerate(grid) if done[i].get("failed")]
             out["results"] = results
             out["failed"] += [{"stage": "fewshot", "unit": f"{f['target']}.{f['init']}.{f['group']}.k{f['shots']}"
                                                             f".s{f['seed']}", "failed": f["error"]} for f in failures]
@@ -166,10 +168,9 @@ def run(cfg: SweepConfig, until: str = "report", before=None) -> dict:
         runner = ThreadPoolTaskRunner(max_workers=workers)
     if before is not None:
         before()
-    from prefect.settings import temporary_settings
-
     import prefect.flow_engine  # noqa: F401  (imported by the flow's start otherwise)
     import prefect.task_engine  # noqa: F401
+    from prefect.settings import temporary_settings
 
     # flow-run heartbeats tell a long-lived server that a run is alive; the server `mera run`
     # starts lives and dies with the run, and stopping the heartbeat thread holds the flow's

@@ -30,7 +30,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     return errors()
 
 
-def _load(args, shallow: bool = False) -> "object":
+def _load(args, shallow: bool = False) -> object:
     overrides = dict(parse_override(s) for s in args.set or [])
     return load_config(args.config, overrides, shallow=shallow)
 
@@ -242,7 +242,7 @@ def cmd_ui(args) -> int:
            "--workers", "1"]
     if track.artifact_root:
         cmd += ["--default-artifact-root", track.artifact_root.as_uri()]
-    print("MLflow UI at http://127.0.0.1:%d  (%s)" % (args.port, " ".join(cmd)))
+    print(f"MLflow UI at http://127.0.0.1:{args.port}  ({' '.join(cmd)})")
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # light on 2 cores
     return subprocess.call(cmd)
 

@@ -28,12 +28,13 @@ def preload() -> None:
     """Import the libraries the units use, once, in this thread, before anything fans out:
     `adapters` and `transformers` resolve names lazily and race when two threads import
     them at once."""
+    import ot  # noqa: F401
+
     import mera.calibrate  # noqa: F401
     import mera.evaluate  # noqa: F401
     import mera.fewshot  # noqa: F401
     import mera.merge.ot  # noqa: F401
     import mera.models  # noqa: F401
-    import ot  # noqa: F401
 
 
 _GC_HELD: list[bool] = []

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mera.inits import DEFAULT_LR, Init, parse_init
-from mera.tasks import did_you_mean
 from mera.inits import KINDS as INIT_KINDS
+from mera.tasks import did_you_mean
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 GROUPS = ("same-track", "cross-track", "all")
@@ -129,7 +129,8 @@ class FewshotConfig(_Section):
     weight_decay_full: float = Field(0.01, ge=0)  # full fine-tuning; 0 for every other init
     dev_k: int | None = Field(None, gt=0)  # K per class of the dev sample best-source selects on (default: shots)
     fusion_reg: float = Field(0.01, ge=0)  # AdapterFusion's ‖I - V‖² weight
-    init_groups: dict[str, list[str]] = Field(default_factory=dict)  # grouped init -> its groups (default: merge.groups)
+    # grouped init -> its groups (default: merge.groups)
+    init_groups: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("lr_by_init")
     @classmethod
@@ -183,7 +184,7 @@ class MultitaskConfig(_Section):
         return _rates(lrs, ADAPTER_KINDS, "adapter kind")
 
 
-def _no_fewshot() -> "FewshotConfig":
+def _no_fewshot() -> FewshotConfig:
     """The fewshot section of a sweep that only runs merge-eval: no targets, nothing to fine-tune."""
     return FewshotConfig.model_construct(targets=[], inits=[], shots=[], seeds=[])
 
@@ -251,7 +252,7 @@ class SweepConfig(_Section):
         return raw
 
     @model_validator(mode="after")
-    def _multitask_fits(self) -> "SweepConfig":
+    def _multitask_fits(self) -> SweepConfig:
         mt = self.multitask
         if mt is None:
             return self
@@ -264,7 +265,7 @@ class SweepConfig(_Section):
             raise ValueError(f"multitask.lr_by_kind names {extra}, which are not in multitask.kinds {mt.kinds}")
         return self
 
-    def kind_config(self, kind: str) -> "SweepConfig":
+    def kind_config(self, kind: str) -> SweepConfig:
         """This sweep as pretrained for the adapter kind `kind` of the multitask study (its lr from
         multitask.lr_by_kind): the pretraining units of each kind are keyed apart."""
         lr = self.multitask.lr_by_kind.get(kind, self.pretrain.lr) if self.multitask else self.pretrain.lr
@@ -272,7 +273,7 @@ class SweepConfig(_Section):
                                        "pretrain": self.pretrain.model_copy(update={"lr": lr})})
 
     @model_validator(mode="after")
-    def _inits_are_known(self) -> "SweepConfig":
+    def _inits_are_known(self) -> SweepConfig:
         for name in self.fewshot.inits:
             try:
                 parse_init(name, self.merge.methods, self.pretrain.tasks)
@@ -281,7 +282,7 @@ class SweepConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _inits_fit_the_adapter_kind(self) -> "SweepConfig":
+    def _inits_fit_the_adapter_kind(self) -> SweepConfig:
         if self.model.adapter in ("sparse", "full"):
             bad = [n for n in self.fewshot.inits if self.init(n).kind not in ("head", "full")]
             if bad:
@@ -291,7 +292,7 @@ class SweepConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _init_groups_are_known(self) -> "SweepConfig":
+    def _init_groups_are_known(self) -> SweepConfig:
         for name, groups in self.fewshot.init_groups.items():
             if name not in self.fewshot.inits or not self.init(name).grouped:
                 grouped = [n for n in self.fewshot.inits if self.init(n).grouped]
@@ -315,7 +316,7 @@ class SweepConfig(_Section):
         return parse_init(name, self.merge.methods, self.pretrain.tasks)
 
     @model_validator(mode="after")
-    def _merge_params_are_valid(self, info: ValidationInfo) -> "SweepConfig":
+    def _merge_params_are_valid(self, info: ValidationInfo) -> SweepConfig:
         """Runs each parameterised method on tiny synthetic adapters (imports torch and POT,
         ~2 s): skipped under `context={"shallow": True}`, where the caller checks later
         (`mera run` in its preflight, after a finished sweep has returned at once)."""

@@ -12,8 +12,9 @@ full: every base weight trains (dense fine-tuning); its delta is all of θ - θ0
 
 Both are saved as a delta (safetensors): sparse as indices + float64 values per matrix
 (θ0 + δ is then exactly θ) with its mask rule and density in `delta_config.json`; full as
-dense fp32 tensors. Loading adds the delta onto the base weights. For merging, `read_delta` gives a dense state dict (zeros off the
-mask), which the merge registry reduces like any other ("delta" kind).
+dense fp32 tensors. Loading adds the delta onto the base weights. For merging, `read_delta`
+gives a dense state dict (zeros off the mask), which the merge registry reduces like any
+other ("delta" kind).
 """
 
 from __future__ import annotations

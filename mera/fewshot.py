@@ -7,9 +7,9 @@ learning rate and (for AdapterFusion) an extra loss term differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch

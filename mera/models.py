@@ -160,7 +160,8 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     except Exception as exc:  # torch raises several types for a cut or foreign file
         raise ModelError(f"{weights} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); "
                          "the file is truncated or not a torch state dict") from None
-    state = {k.replace(f".adapters.{name}.", f".adapters.{ADAPTER}.").replace(f".loras.{name}.", f".loras.{ADAPTER}."): v
+    state = {k.replace(f".adapters.{name}.", f".adapters.{ADAPTER}.")
+             .replace(f".loras.{name}.", f".loras.{ADAPTER}."): v
              for k, v in raw.items() if _is_adapter_key(k, name)}
     if not state:
         raise ModelError(f"{weights} holds no tensors of adapter {name!r}")

@@ -8,9 +8,9 @@ threads, processes and cluster workers (MLflow's active run is thread-local).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 SWEEP_STAGE = "sweep"
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, per process
@@ -113,7 +113,7 @@ class Tracker:
 
     @contextmanager
     def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict, attempt: int = 1,
-                 previous: str | None = None) -> Iterator["UnitRun"]:
+                 previous: str | None = None) -> Iterator[UnitRun]:
         """A child run for one unit, tagged with its attempt number (the caller keeps count:
         mera.units); FAILED on error, KILLED when interrupted. `previous`, the unit's last
         attempt, is closed KILLED if still RUNNING: it was killed with its process."""

@@ -13,8 +13,8 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -115,7 +115,8 @@ def train(model, tokenizer, df: pd.DataFrame, s: TrainSettings,
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     warmup = int(s.warmup * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+        opt, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        else max(0.0, (total - step) / max(1, total - warmup))
     )
     rng = random.Random(s.seed)
     torch.manual_seed(s.seed)

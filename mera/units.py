@@ -283,7 +283,8 @@ def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict
             deltas.save_trained(model, tmp / ADAPTER_SUBDIR, before, masks, delta_info)
         else:
             save_adapter(model.to("cpu"), tmp / ADAPTER_SUBDIR, with_head=True)
-        manifest = {"task": task, "track": prep["track"], "n_train": len(df), "n_train_available": prep["rows"]["train"],
+        manifest = {"task": task, "track": prep["track"], "n_train": len(df),
+                    "n_train_available": prep["rows"]["train"],
                     "n_eval": n_eval, "init_seed": seed, "metrics": metrics, "runtime": rt.describe(),
                     **({"delta": delta_info} if delta else {})}
         return manifest, metrics
@@ -335,7 +336,8 @@ def merge_members(cfg: SweepConfig, target: str, method: str, params: dict, memb
     """Read the members' adapters (results of pretrain, in order) and merge them with
     `method`, calibrating ot-acts methods on the sources' (or target's) inputs. Returns
     (the first adapter's config, merged tensors, diagnostics, the resolved anchor)."""
-    from mera.merge import get_method, merge as merge_states, resolve_anchor
+    from mera.merge import get_method, resolve_anchor
+    from mera.merge import merge as merge_states
     from mera.models import read_adapter
 
     names = [r["task"] for r in members]

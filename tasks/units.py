@@ -90,7 +90,8 @@ def pretrain(config: dict, prep: dict, parent_id: str | None = None) -> dict:
 
 @task(name="merge", task_run_name="merge-{target}-{group}-{method}",
       cache_key_fn=_manifest_key(units.merge_unit), **_COMMON)
-def merge(config: dict, target: str, group: str, method: str, members: list[dict], parent_id: str | None = None) -> dict:
+def merge(config: dict, target: str, group: str, method: str, members: list[dict],
+          parent_id: str | None = None) -> dict:
     return units.merge(_cfg(config), target, group, method, members, parent_id)
 
 

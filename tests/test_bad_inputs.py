@@ -102,7 +102,8 @@ CONFIG_CASES = {
     "unknown group": ("merge.groups", ["same-trak"], ["unknown group 'same-trak'", "same-track, cross-track, all"]),
     "bad merge parameter": ("merge.params", {"mera-avg": {"anchor": "first"}},
                             ["merge.params.mera-avg", "unknown parameter(s) anchor", "accepted: over"]),
-    "bad merge value": ("merge.params", {"mera-avg": {}, "ties": {"density": 3}}, ["ties", "density must be in [0, 1]"]),
+    "bad merge value": ("merge.params", {"mera-avg": {}, "ties": {"density": 3}},
+                        ["ties", "density must be in [0, 1]"]),
     "unknown adapter kind": ("model.adapter", "lorra", ["model.adapter", "'bottleneck', 'houlsby', 'lora', 'sparse'"]),
     "few-shot from a sparse delta": ("model.adapter", "sparse", ["model.adapter 'sparse'", "accepted with sparse"]),
     "multitask group larger than the pool": ("multitask", {"sizes": [2, 50]},
@@ -164,10 +165,12 @@ DATA_CASES = {
                   {}, ["cr/train.parquet: sentence1 is null or empty in row 0", "accepted: non-empty text"]),
     "empty split": (lambda s: _rewrite(s, "rte", "validation", lambda d: d.head(0)), {},
                     ["rte/validation.parquet has no rows"]),
-    "two tasks with one name": (lambda s: shutil.copytree(s / "mr", s / "mr2"), {"pretrain.tasks": ["mr", "mr2", "rte"]},
+    "two tasks with one name": (lambda s: shutil.copytree(s / "mr", s / "mr2"),
+                                {"pretrain.tasks": ["mr", "mr2", "rte"]},
                                 ["mr2/meta.json names task 'mr' but lives in directory 'mr2'"]),
-    "K larger than the smallest class": (lambda s: None, {"fewshot.shots": [100000]},
-                                         ["fewshot.shots 100000 is too large for target 'cr'", "accepted: shots up to"]),
+    "K larger than the smallest class": (
+        lambda s: None, {"fewshot.shots": [100000]},
+        ["fewshot.shots 100000 is too large for target 'cr'", "accepted: shots up to"]),
     "held-out K larger than a task's smallest class": (
         lambda s: None, {"multitask": {"heldout_shots": 100000, "sizes": [2]}},
         ["multitask.heldout_shots 100000 is too large for task", "accepted: heldout_shots up to"]),
@@ -253,7 +256,8 @@ def test_adapters_of_different_base_models(saved_adapters, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(saved_adapters / "b", other)
     meta = json.loads((other / "adapter_config.json").read_text())
-    (other / "adapter_config.json").write_text(json.dumps({**meta, "hidden_size": 768, "model_name": "bert-base-uncased"}))
+    other_meta = {**meta, "hidden_size": 768, "model_name": "bert-base-uncased"}
+    (other / "adapter_config.json").write_text(json.dumps(other_meta))
     proc = mera(_merge_args(saved_adapters / "a", other), tmp_path)
     assert_clean_failure(proc, "base model", "bert-base-uncased")
     assert not (tmp_path / "merged").exists()
@@ -302,8 +306,8 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes(project, workers):
     root, _, cfg = project
     # 12 fine-tunes after the first adapter: the interrupt lands while there is work left
     # (with ok.yaml's 2 the sweep could end before the signal did)
-    config = write_config(root, set_key(set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "run.workers", workers),
-                          "long.yaml")
+    long = set_key(set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "run.workers", workers)
+    config = write_config(root, long, "long.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

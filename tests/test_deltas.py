@@ -26,7 +26,8 @@ def _sparse(rte, density=0.01, rule="weight-grad", seed=0):
     spec, df = rte
     model, tok = build_model(MODEL, spec.num_labels, seed=1, adapter=False)
     before, masks, info = deltas.prepare_training(model, tok, df, "sparse", density=density, rule=rule,
-                                                  reduction_factor=16, max_length=32, batches=2, batch_size=8, seed=seed)
+                                                  reduction_factor=16, max_length=32, batches=2, batch_size=8,
+                                                  seed=seed)
     return model, tok, before, masks, info
 
 
@@ -138,7 +139,8 @@ def test_a_sweep_pretrains_sparse_sources_and_merges_them(shared_data, tmp_path)
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", {
         "paths.root": str(tmp_path), "data.source": str(shared_data), "data.max_eval": 16, "model.max_length": 32,
-        "model.adapter": "sparse", "model.density": 0.002, "pretrain.tasks": ["imdb", "mr"], "pretrain.max_examples": 16,
+        "model.adapter": "sparse", "model.density": 0.002, "pretrain.tasks": ["imdb", "mr"],
+        "pretrain.max_examples": 16,
         "merge.groups": ["same-track"], "merge.methods": ["mera-avg", "ties"], "merge.params": {},
         "fewshot.targets": ["sst2"], "fewshot.inits": ["head"]})
     units.import_data(cfg)

@@ -37,7 +37,8 @@ def run_sweep(root, shared_data, run: dict) -> dict[str, dict]:
     for stage in ("adapters", "fewshot"):
         for f in (root / "artifacts" / stage).glob("*/manifest.json"):
             m = json.loads(f.read_text())
-            out[f"{stage}/{f.parent.name}"] = {k: v for k, v in m["metrics"].items() if "seconds" not in k and "per_s" not in k}
+            out[f"{stage}/{f.parent.name}"] = {k: v for k, v in m["metrics"].items()
+                                               if "seconds" not in k and "per_s" not in k}
     return out
 
 

@@ -18,7 +18,8 @@ INITS = ["head", "full", "adapter", "adapter-from:imdb", "best-source", "fusion"
 def tiny(root, shared_data):
     return load_config(REPO / "configs" / "smoke.yaml", {
         "paths.root": str(root), "data.source": str(shared_data), "data.max_eval": 16, "model.max_length": 32,
-        "pretrain.tasks": ["imdb", "mr", "qnli"], "pretrain.max_examples": 16, "merge.groups": ["same-track", "cross-track"],
+        "pretrain.tasks": ["imdb", "mr", "qnli"], "pretrain.max_examples": 16,
+        "merge.groups": ["same-track", "cross-track"],
         "merge.methods": ["mera-avg"], "merge.params": {}, "fewshot.targets": ["sst2"], "fewshot.inits": INITS,
         "fewshot.shots": [2], "fewshot.seeds": [13], "fewshot.epochs": 1, "fewshot.min_steps": 2})
 
@@ -44,7 +45,7 @@ def test_every_init_trains_and_evaluates(sweep):
     assert {name for name, _ in results} == set(INITS)
     head_only = results[("head", None)]["metrics"]["trainable_params"]
     assert head_only == 384 * 384 + 384 + 384 * 2 + 2  # the classification head: dense + output layer
-    for (name, group), r in results.items():
+    for (name, _group), r in results.items():
         m = r["metrics"]
         assert 0.0 <= m["accuracy"] <= 1.0 and m["steps"] >= 2 and r["n_eval"] == 16, name
         trainable = m["trainable_params"]
@@ -79,7 +80,7 @@ def test_adapterfusion_really_fuses(sweep):
     train(st.model, st.tokenizer, spec_df, TrainSettings(2, 4, 5e-3, 32, 13), extra_loss=st.extra_loss)
     after = dict(st.model.named_parameters())
     moved = [n for n in fused if not torch.equal(after[n], fused[n])]
-    assert any(".query." in n for n in moved) and any(".key." in n for n in moved) and any(".value." in n for n in moved)
+    assert all(any(f".{part}." in n for n in moved) for part in ("query", "key", "value"))
     assert all(torch.equal(after[n], frozen[n]) for n in frozen)
     assert st.extra_loss().item() > 0  # V has left the identity, and the regulariser sees it
     assert len(fusion_values(st.model)) == 6

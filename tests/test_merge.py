@@ -98,7 +98,8 @@ def test_merging_identical_adapters_returns_it_and_sum_scales(name, kits, tmp_pa
     try:
         logits = predict(kit.model, kit.tok, kit.texts.head(2), 32)
         assert np.isfinite(logits).all() and logits.shape == (2, 2)
-        loaded = {k.replace(".loaded.", f".{ADAPTER}."): v for k, v in kit.model.state_dict().items() if ".loaded." in k}
+        loaded = {k.replace(".loaded.", f".{ADAPTER}."): v
+                  for k, v in kit.model.state_dict().items() if ".loaded." in k}
         _assert_state_close(loaded, merged, atol=0)
     finally:
         kit.model.delete_adapter("loaded")

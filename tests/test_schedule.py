@@ -51,7 +51,8 @@ def test_prefect_yaml_deploys_real_configs_on_valid_schedules():
 
 def test_mera_schedule_without_a_server_says_how_to_start_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "schedule", "--config", str(REPO / "configs" / "smoke.yaml"),
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "schedule",
+                           "--config", str(REPO / "configs" / "smoke.yaml"),
                            "--cron", "0 3 * * 1"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**env, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "prefect server start" in proc.stderr and "Traceback" not in proc.stderr

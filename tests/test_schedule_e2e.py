@@ -96,10 +96,12 @@ def flow_runs(env: dict, deployment: str) -> list:
             "from prefect.client.orchestration import get_client\n"
             "from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName\n"
             "with get_client(sync_client=True) as c:\n"
-            "    runs = c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[sys.argv[1]])))\n"
+            "    by_name = DeploymentFilter(name=DeploymentFilterName(any_=[sys.argv[1]]))\n"
+            "    runs = c.read_flow_runs(deployment_filter=by_name)\n"
             "print(json.dumps([{'tags': r.tags, 'state': r.state.type.value if r.state else None,\n"
             "                   'message': r.state.message if r.state else None} for r in runs]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, deployment], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, deployment], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 

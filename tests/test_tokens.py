@@ -77,7 +77,8 @@ def test_length_batches_cover_every_row_once_and_group_similar_lengths():
     for rng in (None, random.Random(1)):
         batches = length_batches(lengths, 8, rng)
         assert sorted(i for b in batches for i in b) == list(range(101))
-    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in length_batches(lengths, 8, None)])
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                      for b in length_batches(lengths, 8, None)])
     assert spread < 10  # sorted buckets: padding stays small (random batches: ~45)
 
 

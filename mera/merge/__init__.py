@@ -13,8 +13,8 @@ from the caller (mera.calibrate builds one).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -245,7 +245,8 @@ def validate(name: str, params: dict, names: list[str] | None = None) -> None:
             raise MergeError(f"{name}: {key} must be a positive integer, got {params[key]!r}")
     g = torch.Generator().manual_seed(0)
     names = list(names or ["a", "b"])
-    fake = [{"m.adapter_down.0.weight": torch.randn(4, 6, generator=g), "m.adapter_down.0.bias": torch.randn(4, generator=g),
+    fake = [{"m.adapter_down.0.weight": torch.randn(4, 6, generator=g),
+             "m.adapter_down.0.bias": torch.randn(4, generator=g),
              "m.adapter_up.weight": torch.randn(6, 4, generator=g), "m.adapter_up.bias": torch.randn(6, generator=g)}
             for _ in names]
     acts = lambda state: {"m.": state["m.adapter_down.0.weight"].T.double()}  # noqa: E731 - 6 "tokens" x 4 units

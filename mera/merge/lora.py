@@ -8,7 +8,7 @@ rank by SVD; the relative truncation error per module goes into the diagnostics.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
