@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from mera.heads import ADAPTER, train_only_head
+
 DELTA_FILE = "delta.safetensors"
 DELTA_CONFIG = "delta_config.json"
 SALIENCY = ("weight-grad", "grad", "random")
@@ -104,8 +106,6 @@ def choose_masks(scores: dict[str, torch.Tensor], density: float) -> dict[str, t
 def train_only_masked(model, masks: dict[str, torch.Tensor]) -> list:
     """Freeze all but the masked entries of the masked weights (and the head, which the
     caller keeps trainable): gradients outside a mask are zeroed by a hook."""
-    from mera.models import train_only_head
-
     train_only_head(model)
     weights = linear_weights(model)
     handles = []
@@ -239,8 +239,6 @@ def prepare_training(model, tokenizer, df, kind: str, *, density: float | None, 
 
 def save_trained(model, out_dir: Path, before: dict[str, torch.Tensor], masks, info: dict) -> None:
     """The trained delta (with its mask rule and density) plus the task's head."""
-    from mera.models import ADAPTER
-
     model = model.to("cpu")
     save_delta(out_dir, delta_state(model, before, masks), info["kind"], info, masks)
     model.save_head(str(Path(out_dir) / "head"), ADAPTER)

@@ -68,11 +68,11 @@ def fusion(cfg: SweepConfig, num_labels: int, seed: int, members: list[dict]) ->
     `fusion_reg * Σ_l ‖I - V_l‖²` (METHOD.md 5)."""
     from adapters.composition import Fuse
 
-    from mera.models import _BUILD_LOCK, build_model, head_parameters, read_adapter
+    from mera.models import BUILD_LOCK, build_model, head_parameters, read_adapter
 
     model, tok = build_model(cfg.model, num_labels, seed=seed, adapter=False)
     names = [m["task"] for m in members]
-    with _BUILD_LOCK:
+    with BUILD_LOCK:
         torch.manual_seed(seed)
         for m in members:
             read_adapter(_adapter_dir(m))  # one clear error for a broken directory

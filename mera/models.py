@@ -17,14 +17,14 @@ import torch
 from adapters import AutoAdapterModel, DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
 
 from mera.config import BUNDLED_MODEL, ModelConfig, ModelError  # noqa: F401 (ModelError: re-exported)
+from mera.heads import ADAPTER, head_parameters, train_only_head  # noqa: F401 (re-exported)
 
-ADAPTER = "mera"  # every model holds exactly one adapter and one head under this name
 ADAPTER_FILE = "pytorch_adapter.bin"
 CONFIG_FILE = "adapter_config.json"
 # One build at a time: torch's global RNG seeds the inits, and transformers' from_pretrained
 # creates modules on the meta device through a process-wide patch, which turns a
 # concurrent thread's new adapter weights into empty meta tensors.
-_BUILD_LOCK = threading.Lock()
+BUILD_LOCK = threading.Lock()
 # it warns on a forward pass made while the model is still being assembled; ours always
 # ends with the adapter active (build_model), so the line is noise in every unit's log
 logging.getLogger("adapters.model_mixin").setLevel(logging.ERROR)
@@ -64,7 +64,7 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
     """Base model with one adapter (fresh when `adapter_dir` is None; none when `adapter` is
     False) and a fresh head. Only the adapter and the head are trainable. Returns (model, tokenizer).
     """
-    with _BUILD_LOCK:
+    with BUILD_LOCK:
         try:
             model = AutoAdapterModel.from_pretrained(base_model_path(cfg.name))
         except OSError as exc:
@@ -82,18 +82,6 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
     else:
         train_only_head(model)
     return model, load_tokenizer(cfg.name)
-
-
-def head_parameters(model) -> list[torch.nn.Parameter]:
-    return list(model.heads[ADAPTER].parameters())
-
-
-def train_only_head(model) -> None:
-    """Freeze everything (PLM, adapters, fusion) but the classification head."""
-    for p in model.parameters():
-        p.requires_grad = False
-    for p in head_parameters(model):
-        p.requires_grad = True
 
 
 def _is_adapter_key(key: str, name: str = ADAPTER) -> bool:

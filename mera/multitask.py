@@ -74,17 +74,17 @@ def merged_model(model_cfg, meta: dict, state: dict[str, torch.Tensor], adapter_
 
 def load_head(model, directory: Path, name: str) -> torch.nn.Module:
     """A saved classification head, added to the model as `name` and returned."""
-    from mera.models import _BUILD_LOCK
+    from mera.models import BUILD_LOCK
 
-    with _BUILD_LOCK:
+    with BUILD_LOCK:
         model.load_head(str(directory), load_as=name)
     return model.heads[name]
 
 
 def fresh_head(model, name: str, num_labels: int, seed: int) -> torch.nn.Module:
-    from mera.models import _BUILD_LOCK
+    from mera.models import BUILD_LOCK
 
-    with _BUILD_LOCK:
+    with BUILD_LOCK:
         torch.manual_seed(seed)
         model.add_classification_head(name, num_labels=num_labels, overwrite_ok=True)
     return model.heads[name]

@@ -71,12 +71,12 @@ def own_adapters(evals: list[dict]) -> dict[str, float]:
 
 def plot(cfg: SweepConfig, data: dict, metric: str, path: Path) -> bool:
     """Normalised accuracy vs N: one panel per kind, one line per method (±std over draws)."""
-    from mera.report import _pyplot, _save
+    from mera.plots import pyplot, save
 
     kinds = [k for k in cfg.multitask.kinds if k in data]
     if not kinds:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.6), squeeze=False, sharey=True)
     for ax, kind in zip(axes.flat, kinds):
         for method, by_n in data[kind].items():
@@ -91,7 +91,7 @@ def plot(cfg: SweepConfig, data: dict, metric: str, path: Path) -> bool:
         ax.set(title=kind, xlabel="N (tasks merged)", ylabel=f"{SPLITS[metric.split('_')[0]]} accuracy (% of own)")
     for ax in axes.flat:
         ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 

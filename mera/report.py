@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mera.artifacts import atomic_write
 from mera.config import SweepConfig
+from mera.plots import pyplot, save
 
 MERA = ("mera-wts", "mera-acts")  # the OT merges the questions are asked about
 NAIVE = ("mera-avg", "mera-sum")
@@ -232,24 +233,9 @@ def _same_track_delta(inits: dict, method: str, shots: list[int]) -> float | Non
 
 # ---- plots ----------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
-    _pyplot().close(fig)
-
-
 def plot(table_cells: dict, path: Path) -> None:
     """Accuracy vs K, one panel per target, one line per init."""
-    plt = _pyplot()
+    plt = pyplot()
     targets = list(table_cells)
     cols = min(3, len(targets))
     rows = math.ceil(len(targets) / cols)
@@ -264,7 +250,7 @@ def plot(table_cells: dict, path: Path) -> None:
     for ax in list(axes.flat)[len(targets):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, loc="best")
-    _save(fig, path)
+    save(fig, path)
 
 
 def gain_heatmap(results: list[dict], tracks: dict[str, str], path: Path) -> bool:
@@ -286,7 +272,7 @@ def gain_heatmap(results: list[dict], tracks: dict[str, str], path: Path) -> boo
                  if key[0] == t and key in scores["adapter"]]
             if d:
                 grid[i, j] = statistics.fmean(d)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.3 * len(targets) + 3, 0.5 * len(rows) + 1.8))
     lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
@@ -298,7 +284,7 @@ def gain_heatmap(results: list[dict], tracks: dict[str, str], path: Path) -> boo
                 ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=7)
     ax.set_title("gain over a fresh adapter (accuracy points)")
     fig.colorbar(im, ax=ax)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -316,7 +302,7 @@ def plot_plan(merge: dict, diag: dict, path: Path) -> str:
     """Heatmap of one module's cost matrix with the OT plan's matches marked; returns a caption."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     ex = diag["alignment"]["example"]
     cost, plan = np.array(ex["cost"]), np.array(ex["plan"])
     source, anchor = merge["sources"][ex["adapter"]], merge["anchor"]
@@ -329,7 +315,7 @@ def plot_plan(merge: dict, diag: dict, path: Path) -> str:
     ax.set(xlabel=f"anchor unit ({anchor})", ylabel=f"unit of {source}", title=f"{merge['method']}: {module}")
     ax.legend(fontsize=7, loc="upper right")
     fig.colorbar(im, ax=ax, label="cost")
-    _save(fig, path)
+    save(fig, path)
     return (f"OT plan of {merge['method']} for target {merge['target']} (group {merge['group']}), module `{module}`: "
             f"units of {source} matched to the anchor {anchor}. Mean matched cost "
             f"{np.trace(cost) / len(cost):.3f} before alignment, {(cost * plan).sum() / len(cost):.3f} after.")
