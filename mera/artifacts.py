@@ -11,8 +11,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -66,7 +66,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):  # a killed attempt's leftovers (the sweep lock
         shutil.rmtree(stale, ignore_errors=True)  # keeps a concurrent writer of the same unit out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    # not tempfile.mkdtemp: its 0700 would keep a lab's group out of every unit's folder
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # the mode the user's umask gives
     try:
         yield tmp
         if final.exists():  # an earlier attempt without a manifest: not done, replace it
