@@ -244,7 +244,27 @@ def cmd_ui(args) -> int:
         cmd += ["--default-artifact-root", track.artifact_root.as_uri()]
     print(f"MLflow UI at http://127.0.0.1:{args.port}  ({' '.join(cmd)})")
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # light on 2 cores
-    return subprocess.call(cmd)
+    return serve_until_stopped(cmd)
+
+
+def serve_until_stopped(cmd: list[str]) -> int:
+    """Run a server command in a process group of its own and end the whole group (the server
+    and any workers it spawned) when this process gets SIGTERM or Ctrl-C."""
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(*_) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop()
+        proc.wait()
+        return 130
 
 
 def parser() -> argparse.ArgumentParser:
