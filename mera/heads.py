@@ -16,3 +16,9 @@ def train_only_head(model) -> None:
         p.requires_grad = False
     for p in head_parameters(model):
         p.requires_grad = True
+
+
+def name_labels(model, label_names) -> None:
+    """The task's label names in the head's config, so a saved head maps its outputs to them
+    (the library's default is LABEL_0, LABEL_1, ...)."""
+    model.heads[ADAPTER].config["label2id"] = {name: i for i, name in enumerate(label_names)}

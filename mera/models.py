@@ -70,6 +70,7 @@ def build_model(cfg: ModelConfig, num_labels: int, *, adapter_dir: str | Path | 
         except OSError as exc:
             raise ModelError(f"model.name {cfg.name!r} is neither the bundled {BUNDLED_MODEL!r}, "
                              f"a local model directory nor a reachable HF hub id ({exc})") from None
+        model.config._name_or_path = cfg.name  # what saved configs record: the name given, not a path in the venv
         torch.manual_seed(seed)
         if adapter_dir is not None:
             load_adapter(model, adapter_dir, with_head=False)

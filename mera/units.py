@@ -256,6 +256,7 @@ def pretrain_unit(cfg: SweepConfig, prep: dict) -> Unit:
 def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict:
     """Train one source adapter (distinct init seed per task) and evaluate it."""
     from mera import deltas
+    from mera.heads import name_labels
     from mera.models import build_model, save_adapter, task_seed
     from mera.train import TrainSettings, train
 
@@ -279,6 +280,7 @@ def pretrain(cfg: SweepConfig, prep: dict, parent_id: str | None = None) -> dict
                                                     device=rt.device, bf16=rt.bf16))
         n_eval, scores = validation_scores(cfg, spec, prep["hash"], model, tok, rt)
         metrics = {**scores, **stats}
+        name_labels(model, spec.label_names)
         if delta:
             deltas.save_trained(model, tmp / ADAPTER_SUBDIR, before, masks, delta_info)
         else:
@@ -409,6 +411,7 @@ def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: 
             upstream: list[dict], parent_id: str | None = None) -> dict:
     """Fine-tune from `init` on K examples per class; evaluate the final model on the validation split."""
     from mera.fewshot import start
+    from mera.heads import name_labels
     from mera.models import ADAPTER, count_trainable, save_adapter
     from mera.train import TrainSettings, train
 
@@ -433,6 +436,7 @@ def fewshot(cfg: SweepConfig, prep: dict, init: Init, group: str | None, shots: 
         n_eval, scores = validation_scores(cfg, spec, prep["hash"], st.model, st.tokenizer, rt)
         metrics = {**scores, **stats, "trainable_params": count_trainable(st.model)}
         st.model.to("cpu")
+        name_labels(st.model, spec.label_names)
         if st.saves == "adapter":
             save_adapter(st.model, tmp / ADAPTER_SUBDIR, with_head=True)
         elif st.saves == "head":
@@ -590,6 +594,20 @@ def fewshot_grid(cfg: SweepConfig, tracks: dict[str, str], adapters: dict[str, d
     return grid
 
 
+def _known_track(cfg: SweepConfig, name: str) -> str | None:
+    """A task's track before it is prepared: from its meta.json in the data source, or the hub
+    registry (so a fresh project's plan lists its merges and fine-tunes)."""
+    from mera.tasks import HUB_TASKS, TaskError
+
+    source = cfg.data.source
+    if source != "hub" and (Path(source).expanduser() / name / "meta.json").is_file():
+        try:
+            return read_task(Path(source).expanduser(), name).track
+        except TaskError:
+            return None
+    return HUB_TASKS[name].track if name in HUB_TASKS else None
+
+
 def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
     """The sweep's DAG through manifests alone, nothing run: per stage the finished units'
     results ("done"), the names of the units not finished ("missing"; a unit whose upstream
@@ -622,9 +640,9 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
         unit = mergeeval_unit(cfg, g["kind"], g["method"], g["n"], g["draw"], g["members"], pool) \
             if None not in pool else None
         check("mergeeval", f"{g['kind']}.{g['method']}.n{g['n']}.d{g['draw']}", unit)
-    if None in preps.values():  # tracks unknown: later stages cannot even be listed
+    tracks = {n: p["track"] if p else _known_track(cfg, n) for n, p in preps.items()}
+    if None in tracks.values():  # a task nobody describes yet: later stages cannot even be listed
         return out
-    tracks = {n: p["track"] for n, p in preps.items()}
     merges = {}
     for target, group, method, members in merge_grid(cfg, tracks):
         ups = [adapters[m] for m in members]
@@ -632,7 +650,7 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
         merges[(target, group, method)] = check("merge", f"{target}.{group}.{method}", unit)
     for u in fewshot_grid(cfg, tracks, adapters, merges):
         name = f"{u['target']}.{u['init'].name}.{u['group']}.k{u['shots']}.s{u['seed']}"
-        ok = None not in u["upstream"]
+        ok = preps[u["target"]] is not None and None not in u["upstream"]
         unit = fewshot_unit(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"], u["upstream"]) \
             if ok else None
         check("fewshot", name, unit)

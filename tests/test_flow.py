@@ -90,6 +90,20 @@ def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(
     assert all(0.0 <= r.data.metrics["accuracy"] <= 1.0 for r in fewshot)
 
 
+def test_saved_adapters_name_the_tasks_labels_and_the_model_not_a_path(cfg, first):
+    from mera.tasks import read_task
+
+    heads = list(cfg.paths.resolve("artifacts").glob("*/*/adapter/head_config.json"))
+    assert {h.parts[-4] for h in heads} == {"adapters", "fewshot"}  # source adapters and fine-tunes
+    for head in heads:
+        task = json.loads((head.parents[1] / "manifest.json").read_text())
+        names = read_task(cfg.data_dir(), task.get("target") or task["task"]).label_names
+        assert json.loads(head.read_text())["config"]["label2id"] == {n: i for i, n in enumerate(names)}, head
+    configs = list(cfg.paths.resolve("artifacts").glob("*/*/adapter/*config.json"))
+    assert {json.loads(c.read_text())["model_name"] for c in configs} == {cfg.model.name}  # merged ones too
+    assert {c.parts[-4] for c in configs} == {"adapters", "merged", "fewshot"}
+
+
 def test_merge_groups_leave_the_target_out(cfg, first):
     dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merged/*/manifest.json")]
     assert len(dirs) == STAGE_COUNTS["merge"]
