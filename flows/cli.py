@@ -129,7 +129,7 @@ def cmd_report(args) -> int:
     if not results and not evals:
         raise ConfigError(f"sweep {cfg.name!r} has no finished fine-tunes or merge-evals under "
                           f"{cfg.paths.resolve('artifacts')}; run `mera run --config {args.config}` first")
-    path = write_report(cfg, results, None, state["merge"]["done"], None, evals)
+    path = write_report(cfg, results, None, state["merge"]["done"], None, evals, state["fewshot"]["todo"])
     left = len(state["fewshot"]["missing"]) + len(state["mergeeval"]["missing"])
     print(f"report: {path} ({len(results)} fine-tunes, {len(evals)} merge-evals"
           f"{f'; {left} not finished yet' if left else ''})")

@@ -57,12 +57,20 @@ def failed_cells(failures: list[dict]) -> dict:
     return out
 
 
-def table(table_cells: dict, shots: list[int], failed: dict | None = None) -> str:
+def missing_cells(todo: list[dict]) -> dict:
+    """(target, init label, K) -> how many of its fine-tunes have not finished."""
+    out: dict = defaultdict(int)
+    for u in todo:
+        out[(u["target"], init_label(u), u["shots"])] += 1
+    return out
+
+
+def table(table_cells: dict, shots: list[int], failed: dict | None = None, missing: dict | None = None) -> str:
     """target x init rows, one column per K; the best mean of each target and K in bold; a
-    cell with failed fine-tunes says so, with the first error."""
-    failed = failed or {}
+    cell with failed or not yet finished fine-tunes says so (the first error of failed ones)."""
+    failed, missing = failed or {}, missing or {}
     rows = {t: dict(inits) for t, inits in table_cells.items()}
-    for target, label, _ in failed:
+    for target, label, _ in [*failed, *missing]:
         rows.setdefault(target, {}).setdefault(label, {})
     head = "| target | init | " + " | ".join(f"K={k}" for k in shots) + " |"
     lines = [head, "|" + "---|" * (2 + len(shots))]
@@ -80,6 +88,8 @@ def table(table_cells: dict, shots: list[int], failed: dict | None = None) -> st
                 if errors:
                     why = errors[0][:80].replace("|", "/")
                     text = (f"failed ×{len(errors)}: {why}" if c is None else f"{text}; {len(errors)} failed: {why}")
+                elif n := missing.get((target, label, k)):
+                    text = f"missing ×{n}" if c is None else f"{text}; {n} missing"
                 row.append(text)
             mark = " †" if any(c["single_source"] for c in by_k.values()) else ""
             lines.append(f"| {target} | {label}{mark} | " + " | ".join(row) + " |")
@@ -354,17 +364,21 @@ def _caps(cfg: SweepConfig, shots: list[int]) -> list[str]:
 
 def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float] | None = None,
                  merges: list[dict] | None = None, failures: list[dict] | None = None,
-                 mergeevals: list[dict] | None = None) -> Path:
+                 mergeevals: list[dict] | None = None, todo: list[dict] | None = None) -> Path:
     """reports/<name>/report.md + report.html + plots, and results/metrics.json for DVC.
-    `mergeevals`: the multitask study's results and failures."""
+    `mergeevals`: the multitask study's results and failures; `todo`: the cells of fine-tunes
+    not finished yet (a partial sweep's report says how many and marks them)."""
     out_dir = cfg.paths.resolve("reports") / cfg.name
     acc, f1 = cells(results, "accuracy"), cells(results, "macro_f1")
     shots = sorted(cfg.fewshot.shots)
     tracks = {r["target"]: r.get("track", "?") for r in results}
     tests = comparisons(results)
     body = [f"# mera-bench report: {cfg.name}", ""]
+    if todo:
+        body += [f"**Partial sweep: {len(todo)} of {len(todo) + len(results)} planned fine-tunes have not finished** "
+                 "(cells marked `missing`); `mera run` completes it, `mera report` then rewrites this page.", ""]
     if cfg.fewshot.targets:
-        body += fewshot_section(cfg, results, acc, f1, shots, tracks, tests, merges, failures, out_dir)
+        body += fewshot_section(cfg, results, acc, f1, shots, tracks, tests, merges, failures, out_dir, todo)
     multitask = None
     if cfg.multitask is not None:
         from mera.multitask_report import section
@@ -381,7 +395,7 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
     done_evals = [e for e in mergeevals or [] if "summary" in e]
     metrics = {"sweep": cfg.name, "accuracy": acc, "macro_f1": f1, "comparisons": tests, "failed": failures or [],
                "mean_accuracy_by_init": _mean_by_init(acc),
-               "units": sorted(r["key"] for r in results + done_evals),
+               "units": sorted(r["key"] for r in results + done_evals), "missing": len(todo or []),
                **({"multitask": multitask} if multitask is not None else {})}
     atomic_write(cfg.paths.resolve("results") / "metrics.json",
                   lambda p: p.write_text(json.dumps(metrics, indent=1, sort_keys=True)))
@@ -389,10 +403,11 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
 
 
 def fewshot_section(cfg: SweepConfig, results, acc, f1, shots, tracks, tests, merges, failures,
-                    out_dir: Path) -> list[str]:
+                    out_dir: Path, todo: list[dict] | None = None) -> list[str]:
     """The few-shot benchmark's tables, tests and plots (METHOD.md 8)."""
     body = [*_caps(cfg, shots), "",
-            "## Accuracy (%), mean ± std over seeds", "", table(acc, shots, failed_cells(failures or [])), "",
+            "## Accuracy (%), mean ± std over seeds", "",
+            table(acc, shots, failed_cells(failures or []), missing_cells(todo or [])), "",
             "## (a) OT merges vs naive merges", "", comparison_table(tests["ot_vs_naive"]), "",
             "## (b) Same-track vs cross-track", "", comparison_table(tests["same_vs_cross"]), "",
             "Per target, mean(same-track) − mean(cross-track):", "", group_deltas(acc, shots), "",

@@ -613,11 +613,14 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
     results ("done"), the names of the units not finished ("missing"; a unit whose upstream
     is missing is missing too), and of those the ones whose last attempt failed ("failed")."""
     out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in STAGES[:-1]}
+    out["fewshot"]["todo"] = []  # the missing fine-tunes' cells, for the report to mark
 
-    def check(stage: str, name: str, unit: Unit | None) -> dict | None:
+    def check(stage: str, name: str, unit: Unit | None, cell: dict | None = None) -> dict | None:
         m = unit.done(cfg) if unit is not None else None
         if m is None:
             out[stage]["missing"].append(name)
+            if cell is not None:
+                out[stage]["todo"].append(cell)
             if unit is not None and (f := unit.failure(cfg)):
                 out[stage]["failed"].append(f)
             return None
@@ -653,7 +656,8 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
         ok = preps[u["target"]] is not None and None not in u["upstream"]
         unit = fewshot_unit(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"], u["upstream"]) \
             if ok else None
-        check("fewshot", name, unit)
+        check("fewshot", name, unit, {"target": u["target"], "init": u["init"].name, "group": u["group"],
+                                      "shots": u["shots"], "seed": u["seed"]})
     return out
 
 

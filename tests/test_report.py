@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mera.report import comparison_table, paired, seed_stability
+from mera.report import cells, comparison_table, missing_cells, paired, seed_stability, table
 
 
 def test_a_difference_every_seed_agrees_on_keeps_its_sign_in_every_resample():
@@ -28,3 +28,12 @@ def test_pairs_are_resampled_by_seed_not_one_by_one():
     assert row["mean_delta"] == pytest.approx(15.0)
     assert row["same_sign"] == pytest.approx(0.75, abs=0.04)  # negative only when seed 2 is drawn twice
     assert "| a | b | 4 | +15.00 | " in comparison_table([row]) and " % |" in comparison_table([row])
+
+
+def test_cells_of_unfinished_fine_tunes_are_marked_missing():
+    done = [{"target": "rte", "init": "adapter", "group": None, "shots": 8, "seed": 13, "metrics": {"accuracy": 0.5}}]
+    todo = [{"target": "rte", "init": "adapter", "group": None, "shots": 8, "seed": 21},
+            {"target": "rte", "init": "mera-wts", "group": "all", "shots": 8, "seed": 13}]
+    text = table(cells(done), [8], missing=missing_cells(todo))
+    assert "| rte | adapter | **50.0 ± 0.0 (N=1)**; 1 missing |" in text
+    assert "| rte | mera-wts [all] | missing ×1 |" in text

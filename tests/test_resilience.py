@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -123,6 +124,15 @@ def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
     blob[len(blob) // 2] ^= 0xFF  # one byte changed, same size
     weights.write_bytes(bytes(blob))
     runs_before = len(sweep.runs())
+
+    # the report of the sweep in this state says what is missing, and marks it
+    report = subprocess.run([sys.executable, "-m", "flows.cli", "report", "--config", "sweep.yaml"], cwd=sweep.root,
+                            env=sweep.env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "2 not finished yet" in report.stdout, report.stderr[-2000:]
+    text = (sweep.root / "reports" / "smoke" / "report.md").read_text()
+    assert f"Partial sweep: 2 of {N_FEWSHOT} planned fine-tunes have not finished" in text
+    marked = re.findall(r"; (\d+) missing \||missing ×(\d+)", text)  # "(N=2); 1 missing" or "missing ×3"
+    assert sum(int(a or b) for a, b in marked) == 2
 
     again = sweep.run()
     assert again.returncode == 0, again.stderr[-3000:]
