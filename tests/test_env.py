@@ -172,8 +172,14 @@ def _mera_alone(tmp_path, args: list[str], env: dict, timeout: float) -> tuple[i
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path,
                                 env={**env, "PYTHONPATH": str(REPO)}, stdout=out, stderr=err, start_new_session=True)
         code = proc.wait(timeout=timeout)
-    left = bool(_alive_in_group(proc.pid))
+    deadline = time.monotonic() + 5  # the pool's resource tracker ends once it reads its pipe's end
+    while (alive := _alive_in_group(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = bool(alive)
     if left:
+        for pid in alive:  # shown when the test fails
+            print("left in the group:", pid, (Path("/proc") / str(pid) / "cmdline").read_bytes()[:200]
+                  if (Path("/proc") / str(pid)).exists() else "(gone)")
         os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in its process group
     for pid in _servers_under(Path(env.get("PREFECT_HOME", tmp_path))):  # the tests' Prefect home, or the run's
         os.kill(pid, signal.SIGKILL)
