@@ -112,7 +112,9 @@ def paired(scores: dict[str, dict[tuple, float]], a: str, b: str) -> dict | None
     common = sorted(set(scores.get(a, {})) & set(scores.get(b, {})))
     if not common:
         return None
-    deltas = [100 * (scores[a][key] - scores[b][key]) for key in common]
+    # rounded: accuracies are counts over the same rows, and equal count differences must tie
+    # (as floats, 0.7 - 0.6 and 0.3 - 0.2 differ in the last bit, and Wilcoxon's ranks broke the tie)
+    deltas = [round(100 * (scores[a][key] - scores[b][key]), 9) for key in common]
     p = None
     if len(deltas) >= 2 and any(d != 0 for d in deltas):
         from scipy.stats import wilcoxon

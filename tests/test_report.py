@@ -37,3 +37,17 @@ def test_cells_of_unfinished_fine_tunes_are_marked_missing():
     text = table(cells(done), [8], missing=missing_cells(todo))
     assert "| rte | adapter | **50.0 ± 0.0 (N=1)**; 1 missing |" in text
     assert "| rte | mera-wts [all] | missing ×1 |" in text
+
+
+def test_equal_count_differences_tie_and_p_is_scipys_tie_corrected_one():
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(1)
+    n = 200  # evaluation rows: accuracies are counts / n
+    a = rng.integers(100, 180, 45)
+    b = a + rng.integers(-3, 4, 45)  # many equal differences
+    row = paired({"a": {("t", 8, i): x / n for i, x in enumerate(a)},
+                  "b": {("t", 8, i): x / n for i, x in enumerate(b)}}, "a", "b")
+    assert row["ties"] == int(np.sum(a == b))
+    assert row["p"] == pytest.approx(wilcoxon(a - b, zero_method="wilcox").pvalue, rel=1e-12)
