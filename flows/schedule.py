@@ -14,6 +14,7 @@ overrides are the ones a run from the terminal gets.
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,6 @@ def benchmark_from_file(config_path: str, until: str = "report", overrides: list
         code = proc.wait()
     finally:  # this flow run cancelled or interrupted: stop the sweep as Ctrl-C would
         if proc.poll() is None:
-            import signal
-
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=120)
