@@ -387,6 +387,11 @@ def write_report(cfg: SweepConfig, results: list[dict], timings: dict[str, float
 
         lines, multitask = section(cfg, mergeevals or [], out_dir)
         body += lines
+    saved = out_dir / "timings.json"  # the last `mera run`'s, for a report rewritten by `mera report`
+    if timings:
+        atomic_write(saved, lambda p: p.write_text(json.dumps(timings)))
+    elif saved.is_file():
+        timings = json.loads(saved.read_text())
     if timings:
         body += ["## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|",
                  *[f"| {k} | {v:.1f} |" for k, v in timings.items()], ""]

@@ -131,6 +131,7 @@ def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
     assert report.returncode == 0 and "2 not finished yet" in report.stdout, report.stderr[-2000:]
     text = (sweep.root / "reports" / "smoke" / "report.md").read_text()
     assert f"Partial sweep: 2 of {N_FEWSHOT} planned fine-tunes have not finished" in text
+    assert "## Wall time per stage (s)" in text  # the last run's, as in the report that run wrote
     marked = re.findall(r"; (\d+) missing \||missing ×(\d+)", text)  # "(N=2); 1 missing" or "missing ×3"
     assert sum(int(a or b) for a, b in marked) == 2
 
