@@ -132,6 +132,9 @@ def benchmark(config: dict, until: str = "report") -> dict:
             out["report"] = t.report(q(config), q(results), q(timings), q(ok_merges), q(failures),
                                      q(out.get("mergeeval")))
             track.log_dir(parent, Path(out["report"]).parent, "report")  # browsable beside the sweep's runs
+            from mera.report import summary_metrics
+
+            track.metrics(parent, summary_metrics(results))  # the sweep's run shows its headline numbers
         out["timings"] = timings
     except BaseException as exc:
         track.end(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

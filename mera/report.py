@@ -462,6 +462,16 @@ def report_keys(cfg: SweepConfig) -> list[str] | None:
     return data.get("units") if data.get("sweep") == cfg.name else None
 
 
+def summary_metrics(results: list[dict]) -> dict[str, float]:
+    """Mean accuracy per init and K over the targets, named for MLflow (the sweep's run):
+    accuracy/<init>[/<group>]/K<k>."""
+    out = {}
+    for key, value in _mean_by_init(cells(results)).items():
+        label, k = key.rsplit(" K=", 1)
+        out[f"accuracy/{label.replace(' [', '/').rstrip(']').replace(':', '-')}/K{k}"] = value
+    return out
+
+
 def _mean_by_init(table_cells: dict) -> dict:
     pooled: dict = defaultdict(list)
     for inits in table_cells.values():

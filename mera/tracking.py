@@ -105,6 +105,9 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, run_id, status=status)
 
+    def metrics(self, run_id: str, values: dict[str, float]) -> None:
+        self._log(run_id, {}, values)
+
     def tag(self, run_id: str, key: str, value: str) -> None:
         _retry(self.client.set_tag, run_id, key, value)
 

@@ -377,7 +377,8 @@ def merge(cfg: SweepConfig, target: str, group: str, method: str, members: list[
                     "single_source": len(members) == 1, "metrics": metrics}
         return manifest, metrics
 
-    return _run_unit(cfg, unit, parent_id, {"target": target, "group": group, "method": method}, work)
+    tags = {"target": target, "group": group, "method": method, "members": ",".join(sorted(r["task"] for r in members))}
+    return _run_unit(cfg, unit, parent_id, tags, work)
 
 
 # ---- fewshot ---------------------------------------------------------------------------

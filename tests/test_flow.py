@@ -84,6 +84,14 @@ def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(
         assert "adapter/pytorch_adapter.bin" in files, r.info.run_name
     for r in by_stage["merged"]:  # the alignment diagnostics travel with the merged adapter
         assert "diagnostics.json" in {f.path for f in t.client.list_artifacts(r.info.run_id)}
+        members = r.data.tags["members"].split(",")  # task names, not keys
+        assert members == sorted(members) and set(members) <= set(cfg.pretrain.tasks)
+        assert r.data.tags["target"] not in members
+    # the sweep's run carries the headline numbers: mean accuracy per init and K, as the report has them
+    summary = json.loads((cfg.paths.resolve("results") / "metrics.json").read_text())["mean_accuracy_by_init"]
+    assert summary and sweeps[0].data.metrics["accuracy/mera-wts/same-track/K2"] == pytest.approx(
+        summary["mera-wts [same-track] K=2"])
+    assert sweeps[0].data.metrics["accuracy/adapter/K2"] == pytest.approx(summary["adapter K=2"])
     fewshot = by_stage["fewshot"]
     assert {r.data.tags["init"] for r in fewshot} == {"adapter", "mera-avg", "mera-wts", "mera-acts"}
     assert all({"target", "group", "init", "shots", "seed", "mera.key"} <= set(r.data.tags) for r in fewshot)
