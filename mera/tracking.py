@@ -97,7 +97,8 @@ class Tracker:
             if run.data.tags.get("mera.stage") == SWEEP_STAGE:
                 _retry(self.client.update_run, run.info.run_id, status="RUNNING")
                 return run.info.run_id
-        run = _retry(self.client.create_run, self.experiment_id(), run_name=name,
+        # named with its start: sweeps of one config name (other seeds, other caps) stay apart in the UI
+        run = _retry(self.client.create_run, self.experiment_id(), run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                      tags={"mera.stage": SWEEP_STAGE, "mera.key": key})
         self._log(run.info.run_id, params, {})
         return run.info.run_id

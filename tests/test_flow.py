@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(
     sweeps = [r for r in t.client.search_runs([t.experiment_id()]) if r.data.tags["mera.stage"] == "sweep"]
     assert [r.info.run_id for r in sweeps] == [first["parent_run_id"]]
     assert sweeps[0].info.status == "FINISHED"
+    assert re.fullmatch(r"smoke-\d{8}-\d{6}", sweeps[0].info.run_name)  # the sweep's name and its start
     runs = child_runs(cfg, first["parent_run_id"])
     by_stage = {s: [r for r in runs if r.data.tags["mera.stage"] == s] for s in ("adapters", "merged", "fewshot")}
     assert [len(v) for v in by_stage.values()] == list(STAGE_COUNTS.values())
