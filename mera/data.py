@@ -45,8 +45,8 @@ def load_split(data_dir: Path, task: TaskSpec, split: str) -> pd.DataFrame:
         raise TaskError(f"{path}: sentence1 is null or empty in row {int(null.idxmax())} ({int(null.sum())} rows); "
                         "accepted: non-empty text in every row (drop those rows)")
     for column in ("sentence1", "sentence2"):
-        _check_type(path, df[column], "text (str)")
-    _check_type(path, df["label"], f"integer class indices 0..{task.num_labels - 1}")
+        _check_type(path, df[column], True, "text (str)")
+    _check_type(path, df["label"], False, f"integer class indices 0..{task.num_labels - 1}")
     if not pd.api.types.is_integer_dtype(df["label"]) and not (df["label"] == df["label"].round()).all():
         raise TaskError(f"{path}: label must hold integer class indices, got {df['label'].dtype} "
                         f"(e.g. {df['label'].iloc[0]!r}); accepted: 0..{task.num_labels - 1}")
@@ -60,23 +60,22 @@ def load_split(data_dir: Path, task: TaskSpec, split: str) -> pd.DataFrame:
     return df
 
 
-def _check_type(path: Path, values: pd.Series, accepted: str) -> None:
+def _check_type(path: Path, values: pd.Series, text: bool, accepted: str) -> None:
     """One line naming the file, the column and the type found, for a column of the wrong type:
-    text columns hold str, the label column numbers (not booleans)."""
+    a text column holds str, the label column numbers (not booleans)."""
     present = values.dropna()
-    if present.empty:
-        return
-    if accepted == "text (str)":
+    if text:
         fits, ok = pd.api.types.is_string_dtype(present), (lambda v: isinstance(v, str))
     else:
         fits = pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present)
         ok = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
-    if not fits:
-        wrong = present[~present.map(ok)]
-        row, value = (wrong.index[0], wrong.iloc[0]) if len(wrong) else (present.index[0], present.iloc[0])
-        value = value.item() if hasattr(value, "item") else value  # numpy scalars as the Python value they hold
-        raise TaskError(f"{path}: column {values.name} holds {type(value).__name__} values (e.g. {value!r} in "
-                        f"row {row}); accepted: {accepted}")
+    if present.empty or fits:
+        return
+    wrong = present[~present.map(ok)]
+    row, value = (wrong.index[0], wrong.iloc[0]) if len(wrong) else (present.index[0], present.iloc[0])
+    value = value.item() if hasattr(value, "item") else value  # numpy scalars as the Python value they hold
+    raise TaskError(f"{path}: column {values.name} holds {type(value).__name__} values (e.g. {value!r} in "
+                    f"row {row}); accepted: {accepted}")
 
 
 def task_hash(data_dir: Path, name: str) -> str:

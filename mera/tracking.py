@@ -159,7 +159,7 @@ class UnitRun:
         self.tracker, self.run_id, self.artifact_uri = tracker, run_id, artifact_uri
 
     def metrics(self, values: dict[str, float]) -> None:
-        self.tracker._log(self.run_id, {}, values)
+        self.tracker.metrics(self.run_id, values)
 
     def artifacts(self, directory: Path, under: str | None = None) -> None:
         """Written to the run's artifact location (known since the run was created) by the
