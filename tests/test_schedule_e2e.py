@@ -6,9 +6,9 @@ its own deployment. Nothing is called in-process: every step is the command a us
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -45,7 +39,7 @@ def server(tmp_path_factory):
     """A Prefect server of its own; yields the environment of a user's shell pointed at it."""
     root = tmp_path_factory.mktemp("prefect-server")
     (root / "home").mkdir()
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     # a user's shell: none of the tests' own Prefect settings, a home of its own
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(HOME=str(root / "home"), PREFECT_API_URL=url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -103,8 +97,6 @@ def flow_runs(env: dict, deployment: str) -> list:
     proc = subprocess.run([sys.executable, "-c", code, deployment], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    import json
-
     return json.loads(proc.stdout)
 
 
@@ -163,8 +155,6 @@ def test_mera_schedule_serves_the_overrides_and_leaves_the_schedule_paused_as_it
 
     def read() -> dict | None:
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-        import json
-
         return json.loads(got.stdout) if got.returncode == 0 else None
 
     try:

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import REPO, free_port
 
 
 def _serving(port: int) -> bool:
@@ -39,7 +32,7 @@ def _kill_whatever_serves(port: int) -> None:
 
 
 def test_mera_ui_serves_the_store_and_sigterm_ends_its_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     with open(tmp_path / "out", "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--config",
                                  str(REPO / "configs" / "smoke.yaml"), "--set", f"paths.root={tmp_path}",
