@@ -66,7 +66,7 @@ def mera_run(config: str, root: Path, extra: list[str] = ()) -> float:
 
 def trainings(root: Path) -> int:
     """Fine-tunes and pretrainings whose manifests exist under root (each is one training)."""
-    return sum(1 for stage in ("adapters", "fewshot") for _ in (root / "artifacts" / stage).glob("*/manifest.json"))
+    return sum(1 for stage in ("pretrain", "fewshot") for _ in (root / "artifacts" / stage).glob("*/manifest.json"))
 
 
 def manifest_mtimes(root: Path) -> dict[str, float]:

@@ -25,41 +25,30 @@ import _sweeps as sw  # noqa: E402
 
 
 def plain(config: str, sets: list[str]) -> None:
-    """The sweep as a plain loop: no Prefect, no MLflow; the same units and report."""
+    """The sweep as a plain loop over the same plan: no Prefect, no MLflow; the same units and report."""
     from flows import env
-    from flows.cli import main as _  # noqa: F401  (the same config loader and env as `mera run`)
-
-    env.hold_gc()  # as `mera run` does from its start until the freeze below
-    from mera import units
+    from mera import plan, stages
     from mera.config import load_config, parse_override
     from mera.preflight import preflight
     from mera.report import write_report
+    from mera.stages.prepare import import_data
+    from mera.unit import untracked
 
     env.before_torch()
     cfg = load_config(config, dict(parse_override(s) for s in sets))
     env.configure(cfg)
-    timings = {}
-    with units.untracked():
-        units.import_data(cfg)
-        tracks = preflight(cfg)
-        env.preload()  # as `mera run` does before its flow: the same imports, the same frozen heap
-        env.freeze_heap()
-        clock = time.perf_counter()
-        names = sorted(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets))
-        preps = {n: units.prepare(cfg, n) for n in names}
-        timings["prepare"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        adapters = {s: units.pretrain(cfg, preps[s]) for s in cfg.pretrain.tasks}
-        timings["pretrain"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        merges = {(t, g, m): units.merge(cfg, t, g, m, [adapters[s] for s in members])
-                  for t, g, m, members in units.merge_grid(cfg, tracks)}
-        timings["merge"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        results = [units.fewshot(cfg, preps[u["target"]], u["init"], u["group"], u["shots"], u["seed"], u["upstream"])
-                   for u in units.fewshot_grid(cfg, tracks, adapters, merges)]
-        timings["fewshot"] = time.perf_counter() - clock
-        write_report(cfg, results, timings, list(merges.values()), [])
+    timings, results = {}, {}
+    with untracked():
+        import_data(cfg)
+        preflight(cfg)
+        env.preload()  # as `mera run` does before its flow
+        nodes = plan.build(cfg)
+        for stage in plan.STAGES[:-1]:
+            clock = time.perf_counter()
+            results.update(stages.run_all(cfg, [n for n in nodes if n.stage == stage], results))
+            timings[stage] = time.perf_counter() - clock
+        of = {s: [results[n.id] for n in nodes if n.stage == s] for s in ("merge", "fewshot", "mergeeval")}
+        write_report(cfg, of["fewshot"], timings, of["merge"], [], of["mergeeval"])
     print(" ".join(f"{k}={v:.1f}" for k, v in timings.items()))
 
 

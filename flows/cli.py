@@ -36,17 +36,7 @@ def _load(args, shallow: bool = False) -> object:
 
 
 def cmd_run(args) -> int:
-    from flows import env
-
-    env.hold_gc()  # until the flow's libraries are imported and frozen (env.imports_done)
-    try:
-        return _run(args)
-    finally:
-        env.release_gc()  # a run that ended before its flow
-
-
-def _run(args) -> int:
-    from mera.units import STAGES
+    from mera.plan import STAGES
 
     cfg = _load(args, shallow=True)  # merge parameters are run-checked in the preflight, when there is work
     if args.until not in STAGES:
@@ -58,7 +48,7 @@ def _run(args) -> int:
     from mera.artifacts import sweep_lock
 
     if not args.force:  # read-only, so no lock: manifests appear atomically
-        from mera.units import finished_sweep
+        from mera.status import finished_sweep
 
         done = finished_sweep(cfg, args.until)
         if done is not None:
@@ -70,21 +60,15 @@ def _run(args) -> int:
             return 0
     from mera.preflight import check_config, preflight
 
-    warm = env.WarmUp(cfg)  # Prefect's API server, now if that writes nothing (see WarmUp)
-    try:
-        check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
-        with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
-            from mera.units import import_data
+    check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
+    with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
+        from mera.stages.prepare import import_data
 
-            import_data(cfg)
-            preflight(cfg)
-            warm.after_checks()  # the rest only now: a user's mistake exits before anything is written
-            with env.PREFECT_IMPORT:  # WarmUp's thread may be importing Prefect too
-                from flows.benchmark import run
+        import_data(cfg)
+        preflight(cfg)
+        from flows.benchmark import run
 
-            out = run(cfg, args.until, before=warm.flow_starts)
-    finally:
-        warm.close()
+        out = run(cfg, args.until)
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "
           f"(MLflow parent run {out['parent_run_id']})")
     for stage, seconds in out.get("timings", {}).items():
@@ -102,7 +86,7 @@ def _run(args) -> int:
 
 def cmd_status(args) -> int:
     """Per stage: done / missing counts, from the manifests alone (nothing runs, nothing is written)."""
-    from mera.units import walk
+    from mera.status import walk
 
     cfg = _load(args)
     state = walk(cfg)
@@ -121,7 +105,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     """(Re)write the report from the fine-tunes finished so far."""
     from mera.report import write_report
-    from mera.units import walk
+    from mera.status import walk
 
     cfg = _load(args)
     state = walk(cfg)
@@ -233,7 +217,7 @@ def cmd_schedule(args) -> int:
 
 def cmd_ui(args) -> int:
     cfg = _load(args)
-    from mera.units import tracker
+    from mera.unit import tracker
 
     track = tracker(cfg)
     track.experiment_id()
@@ -347,31 +331,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-_EXIT: dict[str, int] = {}
-
-
-def _exit_now() -> None:
-    """The last exit handler of the `mera` command: once every other one has run (Prefect's
-    and MLflow's final flushes, the API server's stop, logging's shutdown), the process ends
-    without tearing down its interpreter, which takes 2-3 s after a run (freeing torch,
-    transformers, Prefect and MLflow objects one by one) and saves nothing: every store
-    (manifests, MLflow's SQLite, Prefect's results) has committed by then."""
-    if "code" in _EXIT:  # main() returned; after an unhandled exception Python ends as usual
-        if "logging" in sys.modules:  # its own exit handler is skipped if it was registered before ours
-            sys.modules["logging"].shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT["code"])
-
-
-def entry() -> int:
-    """The `mera` console command: main(), then a fast exit (see `_exit_now`)."""
-    import atexit
-
-    atexit.register(_exit_now)  # registered first, so it runs last
-    _EXIT["code"] = code = main()
-    return code
-
-
 if __name__ == "__main__":
-    sys.exit(entry())
+    sys.exit(main())

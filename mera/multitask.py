@@ -15,41 +15,13 @@ Normalised accuracy = merged accuracy / the task's own unmerged adapter's accura
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mera.merge import get_method
-
-DELTA_KINDS = ("sparse", "full")
-
-
-def groups(tasks: list[str], sizes: list[int], draws: int, seed: int) -> list[tuple[int, int, list[str]]]:
-    """(N, draw, members) for every size and draw: draw d is one seeded order of the tasks and
-    its group of N is the first N of that order, so a draw's groups are nested (the curve over
-    N adds tasks, it does not swap them). A size that holds the whole pool is drawn once."""
-    out = []
-    for d in range(draws):
-        order = sorted(tasks)
-        random.Random(f"{seed}-{d}").shuffle(order)
-        for n in sizes:
-            if n == len(tasks) and d > 0:
-                continue
-            out.append((n, d, sorted(order[:n])))
-    return out
-
-
-def not_applicable(kind: str, method: str) -> str | None:
-    """Why `method` cannot merge adapters of `kind` (None when it can)."""
-    m = get_method(method)
-    if kind in DELTA_KINDS and m.align != "none":
-        return f"{method} aligns adapter units; {kind} deltas have none"
-    if kind == "lora" and m.align != "none" and m.reduction != "avg":
-        return f"{method}: aligned LoRA factors are only averaged"
-    return None
+from mera.merge import DELTA_KINDS, not_applicable  # noqa: F401  (the report reads it here)
 
 
 def head_dir(adapter_dir: Path, kind: str) -> Path:
@@ -138,3 +110,44 @@ def summarise(rows: list[dict]) -> dict[str, float]:
             out[f"{split}_accuracy"] = sum(r["accuracy"] for r in part) / len(part)
             out[f"{split}_normalised"] = sum(r["normalised"] for r in part) / len(part)
     return out
+
+
+def evaluate_pool(cfg, kind: str, model, tok, members: list[str], pool: list[dict], rt) -> list[dict]:
+    """The merged model on every task of the pool (pretrain results of one kind): a task of
+    the group with its own head, a held-out one with a K-shot head per heldout seed."""
+    from mera import data
+    from mera.evaluate import features
+    from mera.stages.common import ADAPTER_SUBDIR, EVAL_SEED, eval_tokens
+    from mera.tasks import read_task
+    from mera.tokens import encode
+
+    mt = cfg.multitask
+    heads = HeadSettings(mt.head_steps, mt.head_lr, mt.head_batch_size)
+    kcfg = cfg.kind_config(kind)
+    rows = []
+    for r in sorted(pool, key=lambda r: r["task"]):
+        task = r["task"]
+        spec = read_task(cfg.data_dir(), task)
+        val = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
+        labels = torch.tensor(val["label"].to_numpy(), dtype=torch.long)
+        feats = features(model, tok, eval_tokens(kcfg, spec, tok, val, r["params"]["data"]), rt.eval_batch_size,
+                         device=rt.device, bf16=rt.bf16)
+        own = r["metrics"]["accuracy"]
+        if task in members:
+            head = load_head(model, head_dir(Path(r["path"]) / ADAPTER_SUBDIR, kind), f"own-{task}")
+            accs = [accuracy(head_logits(head.to("cpu"), feats), labels)]
+        else:
+            train_split = data.load_split(cfg.data_dir(), spec, "train")
+            accs = []
+            for seed in mt.heldout_seeds:
+                shots = data.sample_k_shot(train_split, mt.heldout_shots, seed, spec.num_labels)
+                fk = features(model, tok, encode(tok, shots, cfg.model.max_length), rt.eval_batch_size,
+                              device=rt.device, bf16=rt.bf16)
+                head = fresh_head(model, f"k-{task}-{seed}", spec.num_labels, seed).to("cpu")
+                train_head(head, fk, torch.tensor(shots["label"].to_numpy(), dtype=torch.long), heads, seed)
+                accs.append(accuracy(head_logits(head, feats), labels))
+        acc = sum(accs) / len(accs)
+        rows.append({"task": task, "track": r["track"], "split": "in" if task in members else "held",
+                     "accuracy": acc, "per_seed": accs, "own_accuracy": own,
+                     "normalised": acc / own if own > 0 else float("nan"), "n_eval": len(val)})
+    return rows

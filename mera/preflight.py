@@ -114,7 +114,7 @@ def check_heldout_shots(cfg: SweepConfig, spec, train) -> None:
 
 
 def check_groups(cfg: SweepConfig, tracks: dict[str, str]) -> None:
-    from mera.units import group_members
+    from mera.plan import group_members
 
     grouped = [i for i in cfg.inits() if i.grouped]
     for target in cfg.fewshot.targets:

@@ -119,7 +119,7 @@ class Tracker:
     def unit_run(self, parent_id: str | None, key: str, name: str, tags: dict, params: dict, attempt: int = 1,
                  previous: str | None = None) -> Iterator[UnitRun]:
         """A child run for one unit, tagged with its attempt number (the caller keeps count:
-        mera.units); FAILED on error, KILLED when interrupted. `previous`, the unit's last
+        mera.unit); FAILED on error, KILLED when interrupted. `previous`, the unit's last
         attempt, is closed KILLED if still RUNNING: it was killed with its process."""
         if previous is not None and self._status(previous) == "RUNNING":
             _retry(self.client.set_terminated, previous, status="KILLED")

@@ -1,1 +1,1 @@
-"""Prefect @task wrappers around mera.units: cache keys, retries, result storage. Thin."""
+"""Prefect @task wrappers around mera.stages: cache keys, retries, result storage. Thin."""

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from prefect import task
 
-from mera import units
+from mera import stages
 from mera.config import SweepConfig
+from mera.plan import Node
 
 
 def _cfg(config: dict) -> SweepConfig:
@@ -41,21 +42,16 @@ def _stale_record(key: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _manifest_key(builder):
+def _manifest_key(_ctx, params: dict) -> str:
     """Cache key = the unit's manifest key. The first run stores its result under it, so the
     next run is a cache hit; if the manifest has gone since (deleted, or a killed run), the
     stored result is dropped first, so the unit re-runs instead of returning a stale path."""
-
-    def cache_key(_ctx, params: dict) -> str:
-        args = {k: v for k, v in params.items() if k not in ("config", "parent_id")}
-        cfg = _cfg(params["config"])
-        unit = builder(cfg, **args)
-        key = f"{unit.stage}-{unit.key}"
-        if unit.done(cfg) is None and (stale := _stale_record(key)) is not None:
-            stale.unlink(missing_ok=True)
-        return key
-
-    return cache_key
+    cfg = _cfg(params["config"])
+    unit = stages.unit(cfg, Node(params["stage"], params["name"], params["args"]), params["upstream"])
+    key = f"{unit.stage}-{unit.key}"
+    if unit.done(cfg) is None and (stale := _stale_record(key)) is not None:
+        stale.unlink(missing_ok=True)
+    return key
 
 
 def _transient(_task, _run, state) -> bool:
@@ -67,51 +63,22 @@ def _transient(_task, _run, state) -> bool:
     return not isinstance(exc, user_errors())
 
 
-# a unit is retried twice on a transient failure (a worker lost, a store briefly locked, ...)
-_COMMON = dict(persist_result=True, result_serializer="json", retries=2, retry_delay_seconds=2,
-               retry_condition_fn=_transient)
-
-
 @task(name="import-data", retries=1, retry_delay_seconds=5)
 def import_data(config: dict) -> list[str]:
-    return units.import_data(_cfg(config))
+    from mera.stages.prepare import import_data as bring
+
+    return bring(_cfg(config))
 
 
-@task(name="prepare", task_run_name="prepare-{task}", cache_key_fn=_manifest_key(units.prepare_unit), **_COMMON)
-def prepare(config: dict, task: str, parent_id: str | None = None) -> dict:
-    return units.prepare(_cfg(config), task, parent_id)
+# a unit is retried twice on a transient failure (a worker lost, a store briefly locked, ...)
+@task(task_run_name="{stage}/{name}", cache_key_fn=_manifest_key, persist_result=True, result_serializer="json",
+      retries=2, retry_delay_seconds=2, retry_condition_fn=_transient)
+def unit(config: dict, stage: str, name: str, args: dict, upstream: list[dict], parent_id: str | None = None) -> dict:
+    """One unit of the plan (mera.plan.Node), run by its stage's recipe (mera.stages)."""
+    return stages.run(_cfg(config), Node(stage, name, args), upstream, parent_id)
 
 
-@task(name="pretrain", task_run_name="pretrain-{prep[task]}",
-      cache_key_fn=_manifest_key(units.pretrain_unit), **_COMMON)
-def pretrain(config: dict, prep: dict, parent_id: str | None = None) -> dict:
-    return units.pretrain(_cfg(config), prep, parent_id)
-
-
-@task(name="merge", task_run_name="merge-{target}-{group}-{method}",
-      cache_key_fn=_manifest_key(units.merge_unit), **_COMMON)
-def merge(config: dict, target: str, group: str, method: str, members: list[dict],
-          parent_id: str | None = None) -> dict:
-    return units.merge(_cfg(config), target, group, method, members, parent_id)
-
-
-def _fewshot_unit(cfg: SweepConfig, prep: dict, init: str, **kw) -> units.Unit:
-    return units.fewshot_unit(cfg, prep, cfg.init(init), **kw)
-
-
-@task(name="fewshot", task_run_name="fewshot-{prep[task]}-{init}-{group}-k{shots}-s{seed}",
-      cache_key_fn=_manifest_key(_fewshot_unit), **_COMMON)
-def fewshot(config: dict, prep: dict, init: str, group: str | None, shots: int, seed: int,
-            upstream: list[dict], parent_id: str | None = None) -> dict:
-    cfg = _cfg(config)
-    return units.fewshot(cfg, prep, cfg.init(init), group, shots, seed, upstream, parent_id)
-
-
-@task(name="mergeeval", task_run_name="mergeeval-{kind}-{method}-n{n}-d{draw}",
-      cache_key_fn=_manifest_key(units.mergeeval_unit), **_COMMON)
-def mergeeval(config: dict, kind: str, method: str, n: int, draw: int, members: list[str], pool: list[dict],
-              parent_id: str | None = None) -> dict:
-    return units.mergeeval(_cfg(config), kind, method, n, draw, members, pool, parent_id)
+UNITS = {stage: unit.with_options(name=stage) for stage in stages.RECIPES}  # one Prefect task name per stage
 
 
 @task(name="report")

@@ -319,7 +319,7 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes(project, workers):
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((root / "artifacts").glob("adapters/*/manifest.json")):
+    while time.time() < deadline and not list((root / "artifacts").glob("pretrain/*/manifest.json")):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
     out, err = proc.communicate(timeout=240)

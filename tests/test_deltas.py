@@ -133,8 +133,9 @@ def test_ot_alignment_is_refused_for_deltas():
 
 def test_a_sweep_pretrains_sparse_sources_and_merges_them(shared_data, tmp_path):
     """The pretrain and merge units with model.adapter: sparse (no Prefect: test_flow covers it)."""
-    from mera import units
+    from mera import plan, stages
     from mera.config import load_config
+    from mera.stages.prepare import import_data
     from tests.conftest import REPO
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", {
@@ -143,14 +144,15 @@ def test_a_sweep_pretrains_sparse_sources_and_merges_them(shared_data, tmp_path)
         "pretrain.max_examples": 16,
         "merge.groups": ["same-track"], "merge.methods": ["mera-avg", "ties"], "merge.params": {},
         "fewshot.targets": ["sst2"], "fewshot.inits": ["head"]})
-    units.import_data(cfg)
-    preps = {t: units.prepare(cfg, t) for t in ["imdb", "mr", "sst2"]}
-    adapters = [units.pretrain(cfg, preps[t]) for t in ("imdb", "mr")]
+    import_data(cfg)
+    nodes = [n for n in plan.build(cfg) if n.stage in ("prepare", "pretrain")]
+    out = stages.run_all(cfg, nodes)
+    adapters = [out[f"pretrain/{t}.sparse"] for t in ("imdb", "mr")]
     for a in adapters:
         assert a["delta"]["kind"] == "sparse" and a["delta"]["density"] == 0.002 and a["metrics"]["accuracy"] >= 0
     masks = [deltas.masks_of(f"{a['path']}/adapter") for a in adapters]
     for method in ("mera-avg", "ties"):
-        merged = units.merge(cfg, "sst2", "same-track", method, adapters)
+        merged = stages.run(cfg, plan.merge_node("sst2", "same-track", method, ["imdb", "mr"], "sparse"), adapters)
         meta, state = deltas.read_delta(f"{merged['path']}/adapter")
         assert meta["kind"] == "sparse"
         union = {n: masks[0][n] | masks[1][n] for n in masks[0]}

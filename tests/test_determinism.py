@@ -34,7 +34,7 @@ def run_sweep(root, shared_data, run: dict) -> dict[str, dict]:
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {}
-    for stage in ("adapters", "fewshot"):
+    for stage in ("pretrain", "fewshot"):
         for f in (root / "artifacts" / stage).glob("*/manifest.json"):
             m = json.loads(f.read_text())
             out[f"{stage}/{f.parent.name}"] = {k: v for k, v in m["metrics"].items()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,13 +28,27 @@ def harness():
         yield
 
 
+SMALL = {"data.max_eval": 24, "model.max_length": 32, "pretrain.max_examples": 24, "fewshot.shots": [2],
+         "fewshot.seeds": [13], "fewshot.epochs": 1, "fewshot.min_steps": 2}
+
+
 @pytest.fixture(scope="module")
 def cfg(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    return load_config(REPO / "configs" / "smoke.yaml", {
-        "paths.root": str(root), "data.source": str(shared_data), "data.max_eval": 24,
-        "model.max_length": 32, "pretrain.max_examples": 24, "fewshot.shots": [2], "fewshot.seeds": [13],
-        "fewshot.epochs": 1, "fewshot.min_steps": 2})
+    return load_config(REPO / "configs" / "smoke.yaml", {"paths.root": str(root), "data.source": str(shared_data),
+                                                         **SMALL})
+
+
+@pytest.fixture(scope="module")
+def planned(cfg) -> list[str]:
+    """The units `mera status -v` lists as missing before the first run: all of them."""
+    sets = [f"{k}={json.dumps(v)}" for k, v in {"paths.root": cfg.paths.root, "data.source": cfg.data.source,
+                                                 **SMALL}.items()]
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "status", "-v", "--config",
+                           str(REPO / "configs" / "smoke.yaml"), *(x for s in sets for x in ("--set", s))],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split("missing:\n", 1)[1].split()
 
 
 def task_states(flow_run_id: str, expected: int = sum(STAGE_COUNTS.values())) -> list[str]:
@@ -52,7 +69,7 @@ def task_states(flow_run_id: str, expected: int = sum(STAGE_COUNTS.values())) ->
 
 
 def child_runs(cfg, parent_id: str):
-    from mera.units import tracker
+    from mera.unit import tracker
 
     t = tracker(cfg)
     runs = t.client.search_runs([t.experiment_id()], max_results=1000)
@@ -61,14 +78,26 @@ def child_runs(cfg, parent_id: str):
 
 
 @pytest.fixture(scope="module")
-def first(harness, cfg):
+def first(harness, cfg, planned):
     from flows.benchmark import run
 
     return run(cfg)
 
 
+def test_status_and_the_flow_name_every_unit_identically(cfg, first, planned):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    task_states(first["flow_run_id"])  # every task run has arrived
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first["flow_run_id"]])))
+    names = sorted(r.name for r in runs if "/" in r.name)  # not import-data, not report
+    assert len(planned) == len(set(cfg.pretrain.tasks) | set(cfg.fewshot.targets)) + sum(STAGE_COUNTS.values())
+    assert names == sorted(planned)
+
+
 def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(cfg, first):
-    from mera.units import tracker
+    from mera.unit import tracker
 
     t = tracker(cfg)
     assert Path(t.uri.removeprefix("sqlite:///")).is_relative_to(Path(cfg.paths.root).resolve())
@@ -77,14 +106,14 @@ def test_sweep_logs_one_finished_child_per_unit_with_params_metrics_and_adapter(
     assert sweeps[0].info.status == "FINISHED"
     assert re.fullmatch(r"smoke-\d{8}-\d{6}", sweeps[0].info.run_name)  # the sweep's name and its start
     runs = child_runs(cfg, first["parent_run_id"])
-    by_stage = {s: [r for r in runs if r.data.tags["mera.stage"] == s] for s in ("adapters", "merged", "fewshot")}
+    by_stage = {s: [r for r in runs if r.data.tags["mera.stage"] == s] for s in ("pretrain", "merge", "fewshot")}
     assert [len(v) for v in by_stage.values()] == list(STAGE_COUNTS.values())
     for r in runs:
         assert r.info.status == "FINISHED"
         assert r.data.params and r.data.metrics
         files = {f.path for f in t.client.list_artifacts(r.info.run_id, "adapter")}
         assert "adapter/pytorch_adapter.bin" in files, r.info.run_name
-    for r in by_stage["merged"]:  # the alignment diagnostics travel with the merged adapter
+    for r in by_stage["merge"]:  # the alignment diagnostics travel with the merged adapter
         assert "diagnostics.json" in {f.path for f in t.client.list_artifacts(r.info.run_id)}
         members = r.data.tags["members"].split(",")  # task names, not keys
         assert members == sorted(members) and set(members) <= set(cfg.pretrain.tasks)
@@ -104,18 +133,18 @@ def test_saved_adapters_name_the_tasks_labels_and_the_model_not_a_path(cfg, firs
     from mera.tasks import read_task
 
     heads = list(cfg.paths.resolve("artifacts").glob("*/*/adapter/head_config.json"))
-    assert {h.parts[-4] for h in heads} == {"adapters", "fewshot"}  # source adapters and fine-tunes
+    assert {h.parts[-4] for h in heads} == {"pretrain", "fewshot"}  # source adapters and fine-tunes
     for head in heads:
         task = json.loads((head.parents[1] / "manifest.json").read_text())
         names = read_task(cfg.data_dir(), task.get("target") or task["task"]).label_names
         assert json.loads(head.read_text())["config"]["label2id"] == {n: i for i, n in enumerate(names)}, head
     configs = list(cfg.paths.resolve("artifacts").glob("*/*/adapter/*config.json"))
     assert {json.loads(c.read_text())["model_name"] for c in configs} == {cfg.model.name}  # merged ones too
-    assert {c.parts[-4] for c in configs} == {"adapters", "merged", "fewshot"}
+    assert {c.parts[-4] for c in configs} == {"pretrain", "merge", "fewshot"}
 
 
 def test_merge_groups_leave_the_target_out(cfg, first):
-    dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merged/*/manifest.json")]
+    dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merge/*/manifest.json")]
     assert len(dirs) == STAGE_COUNTS["merge"]
     for d in dirs:
         m = json.loads((d / "manifest.json").read_text())
@@ -153,7 +182,7 @@ def test_rerun_is_all_cache_hits_and_logs_nothing_new(cfg, first):
 
 def test_resume_reruns_exactly_the_missing_unit(cfg, first):
     from flows.benchmark import run
-    from mera.units import finished_sweep
+    from mera.status import finished_sweep
 
     fewshot_dirs = sorted(cfg.paths.resolve("artifacts").glob("fewshot/rte.mera-wts.all.*"))
     assert len(fewshot_dirs) == 1

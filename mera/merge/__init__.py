@@ -27,6 +27,7 @@ from mera.tasks import did_you_mean
 State = dict[str, torch.Tensor]
 ALIGNS = ("none", "ot-wts", "ot-acts")
 ANCHORS = ("largest", "medoid", "first")
+DELTA_KINDS = ("sparse", "full")  # adapter kinds that are deltas on the base weights (mera.deltas)
 # OT knobs read by merge(); calibration knobs read by whoever computes the activations
 OT_PARAMS = ("anchor", "features", "metric", "squared", "solver", "reg", "iterations")
 CALIB_PARAMS = ("point", "calib", "calib_examples", "max_tokens")
@@ -251,3 +252,13 @@ def validate(name: str, params: dict, names: list[str] | None = None) -> None:
             for _ in names]
     acts = lambda state: {"m.": state["m.adapter_down.0.weight"].T.double()}  # noqa: E731 - 6 "tokens" x 4 units
     merge(name, fake, activations=acts, names=names, sizes=list(range(len(names))), **dict(params))
+
+
+def not_applicable(kind: str, method: str) -> str | None:
+    """Why `method` cannot merge adapters of `kind` (None when it can)."""
+    m = get_method(method)
+    if kind in DELTA_KINDS and m.align != "none":
+        return f"{method} aligns adapter units; {kind} deltas have none"
+    if kind == "lora" and m.align != "none" and m.reduction != "avg":
+        return f"{method}: aligned LoRA factors are only averaged"
+    return None

@@ -1,0 +1,49 @@
+"""The sweep's state through manifests alone, nothing run: what `mera status`, `mera report`
+and a re-run of a finished sweep read."""
+
+from __future__ import annotations
+
+from mera import plan, stages
+from mera.config import SweepConfig
+from mera.unit import result
+
+
+def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
+    """Per stage the finished units' results ("done"), the ids of the units not finished
+    ("missing"; a unit whose upstream is missing is missing too), and of those the failure
+    records of the ones whose last attempt failed ("failed")."""
+    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in plan.STAGES[:-1]}
+    out["fewshot"]["todo"] = []  # the missing fine-tunes' cells, for the report to mark
+    results: dict[str, dict] = {}
+    for node in plan.build(cfg):
+        ups = [results.get(u) for u in node.upstream]
+        present = node.stage != "prepare" or (cfg.data_dir() / node.name / "meta.json").is_file()
+        unit = stages.unit(cfg, node, ups) if present and None not in ups else None
+        manifest = unit.done(cfg) if unit is not None else None
+        state = out[node.stage]
+        if manifest is None:
+            state["missing"].append(node.id)
+            if node.stage == "fewshot":
+                state["todo"].append(dict(node.args))
+            if unit is not None and (f := unit.failure(cfg)):
+                state["failed"].append(f)
+            continue
+        results[node.id] = result(unit, cfg, manifest)
+        state["done"].append(results[node.id])
+    return out
+
+
+def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
+    """The results of every unit up to `until` when all are done (and, for "report", the
+    report lists exactly these fine-tunes), else None. Lets a re-run of a finished sweep
+    return at once, without starting the orchestrator."""
+    from mera.report import report_keys
+
+    state = walk(cfg)
+    done_stages = [s for s in plan.stages_until(until) if s in state]
+    if any(state[s]["missing"] for s in done_stages):
+        return None
+    reported = state["fewshot"]["done"] + state["mergeeval"]["done"]
+    if until == "report" and report_keys(cfg) != sorted(r["key"] for r in reported):
+        return None
+    return {s: state[s]["done"] for s in done_stages}
