@@ -28,7 +28,7 @@ def plain(config: str, sets: list[str]) -> None:
     """The sweep as a plain loop over the same plan: no Prefect, no MLflow; the same units and report."""
     from flows import env
     from mera import plan, stages
-    from mera.config import load_config, parse_override
+    from mera.configfile import load_config, parse_override
     from mera.preflight import preflight
     from mera.report import write_report
     from mera.stages.prepare import import_data

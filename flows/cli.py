@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from mera.config import BUNDLED_MODEL, ConfigError, load_config, parse_override
+from mera.config import BUNDLED_MODEL, ConfigError
+from mera.configfile import load_config, parse_override
 
 
 def user_errors() -> tuple[type[Exception], ...]:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from mera.config import ConfigError, load_config, parse_override
+from mera.config import ConfigError
+from mera.configfile import load_config, parse_override
 
 
 class SweepFailed(RuntimeError):

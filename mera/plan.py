@@ -129,12 +129,26 @@ def inits_upstream(cfg: SweepConfig, init: Init, target: str, group: str | None,
     return []
 
 
+def empty_groups(cfg: SweepConfig, tracks: dict[str, str]) -> list[tuple[str, str]]:
+    """(target, group) for each group a grouped init uses that holds no source once the
+    target is left out: its cells cannot exist (the preflight rejects the config)."""
+    used = {g for i in cfg.inits() if i.grouped for g in cfg.groups_of(i)}
+    return [(t, g) for t in cfg.fewshot.targets for g in cfg.merge.groups
+            if g in used and not group_members(t, g, tracks, cfg.pretrain.tasks)]
+
+
+def not_applicable_pairs(cfg: SweepConfig) -> dict[tuple[str, str], str]:
+    """(kind, method) -> why the method cannot merge that kind, for the multitask study."""
+    from mera.merge import not_applicable
+
+    mt = cfg.multitask
+    return {(k, m): why for k in mt.kinds for m in mt.methods if (why := not_applicable(k, m))}
+
+
 def build(cfg: SweepConfig, tracks: dict[str, str | None] | None = None) -> list[Node]:
     """Every unit of the sweep in an order that runs upstream units first. Merges and
     fine-tunes need each task's track (default: `known_track`); while one is unknown they are
     left out (`complete(cfg, tracks)` says so)."""
-    from mera.multitask import not_applicable
-
     tracks = tracks if tracks is not None else {n: known_track(cfg, n) for n in task_names(cfg)}
     nodes = [prepare_node(t) for t in task_names(cfg)]
     nodes += [pretrain_node(t, kind) for kind in pretrain_kinds(cfg) for t in cfg.pretrain.tasks]
@@ -153,8 +167,9 @@ def build(cfg: SweepConfig, tracks: dict[str, str | None] | None = None) -> list
                                   for k in cfg.fewshot.shots for s in cfg.fewshot.seeds]
     mt = cfg.multitask
     if mt is not None:  # a method that cannot merge a kind is never run (the report lists it as n/a)
+        skipped = not_applicable_pairs(cfg)
         nodes += [mergeeval_node(kind, method, n, d, members, cfg.pretrain.tasks)
-                  for kind in mt.kinds for method in mt.methods if not not_applicable(kind, method)
+                  for kind in mt.kinds for method in mt.methods if (kind, method) not in skipped
                   for n, d, members in multitask_groups(cfg.pretrain.tasks, mt.sizes, mt.draws, mt.seed)]
     return nodes
 

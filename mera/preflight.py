@@ -114,19 +114,15 @@ def check_heldout_shots(cfg: SweepConfig, spec, train) -> None:
 
 
 def check_groups(cfg: SweepConfig, tracks: dict[str, str]) -> None:
-    from mera.plan import group_members
+    from mera.plan import empty_groups
 
-    grouped = [i for i in cfg.inits() if i.grouped]
-    for target in cfg.fewshot.targets:
-        for group in cfg.merge.groups:
-            if group_members(target, group, tracks, cfg.pretrain.tasks):
-                continue
-            if any(group in cfg.groups_of(i) for i in grouped):
-                raise ConfigError(
-                    f"merge.groups: group {group!r} is empty for target {target!r} once the target itself is "
-                    f"removed (sources in track {tracks[target]!r}: "
-                    f"{', '.join(s for s in cfg.pretrain.tasks if tracks[s] == tracks[target]) or 'none'}); "
-                    "add a source to pretrain.tasks or drop the group")
+    if empty := empty_groups(cfg, tracks):
+        target, group = empty[0]
+        raise ConfigError(
+            f"merge.groups: group {group!r} is empty for target {target!r} once the target itself is "
+            f"removed (sources in track {tracks[target]!r}: "
+            f"{', '.join(s for s in cfg.pretrain.tasks if tracks[s] == tracks[target]) or 'none'}); "
+            "add a source to pretrain.tasks or drop the group")
 
 
 def check_runtime(cfg: SweepConfig) -> None:

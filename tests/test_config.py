@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from mera.config import ConfigError, load_config
+from mera.config import ConfigError
+from mera.configfile import load_config
 from tests.conftest import REPO
 
 SMOKE = REPO / "configs" / "smoke.yaml"

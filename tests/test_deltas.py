@@ -134,7 +134,7 @@ def test_ot_alignment_is_refused_for_deltas():
 def test_a_sweep_pretrains_sparse_sources_and_merges_them(shared_data, tmp_path):
     """The pretrain and merge units with model.adapter: sparse (no Prefect: test_flow covers it)."""
     from mera import plan, stages
-    from mera.config import load_config
+    from mera.configfile import load_config
     from mera.stages.prepare import import_data
     from tests.conftest import REPO
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mera.config import load_config
+from mera.configfile import load_config
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

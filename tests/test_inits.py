@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mera import data, plan, stages
-from mera.config import load_config
+from mera.configfile import load_config
 from mera.stages.prepare import import_data
 from tests.conftest import REPO
 

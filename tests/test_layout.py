@@ -5,6 +5,7 @@ module imports another one's private names."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -103,3 +104,21 @@ def test_no_module_imports_another_modules_private_names():
                for module, names in imports(name, path) if module.split(".")[0] in PACKAGES
                for n in names if n.startswith("_")]
     assert private == []
+
+
+# a loop over a dimension of the sweep grid (`for x in cfg.fewshot.seeds`, `... in mt.methods`)
+GRID_LOOP = re.compile(r"for [\w, ]+ in (cfg|mt)\.(fewshot\.(seeds|shots|targets)|merge\.(methods|groups)|"
+                       r"(kinds|methods)\b|groups_of)")
+
+
+def test_the_plan_alone_loops_over_the_sweep_grid():
+    loops = [f"{path.relative_to(REPO)}:{i}" for path in [*modules().values(), *(REPO / "bench").glob("*.py"),
+                                                          *(REPO / "tests").glob("*.py")]
+             for i, line in enumerate(path.read_text().splitlines(), 1)
+             if GRID_LOOP.search(line) and not line.lstrip().startswith("#")]
+    assert loops and all(x.startswith("mera/plan.py:") for x in loops), loops
+
+
+def test_every_module_is_under_400_lines():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) >= 400}
+    assert long == {}

@@ -14,7 +14,9 @@ import yaml
 
 from mera import multitask as mtl
 from mera import plan, stages
-from mera.config import ConfigError, load_config
+from mera.config import ConfigError
+from mera.configfile import load_config
+from mera.merge import not_applicable
 from mera.plan import multitask_groups
 from mera.stages.prepare import import_data
 from mera.unit import untracked
@@ -51,12 +53,12 @@ def test_groups_are_nested_seeded_and_drawn_once_at_full_size():
 
 
 def test_methods_that_align_units_are_not_applicable_to_deltas():
-    assert mtl.not_applicable("bottleneck", "mera-wts") is None
-    assert mtl.not_applicable("lora", "mera-wts") is None
-    assert "aligns adapter units" in mtl.not_applicable("sparse", "mera-wts")
-    assert "aligns adapter units" in mtl.not_applicable("full", "mera-acts")
-    assert mtl.not_applicable("lora", "ot-ties") is not None
-    assert mtl.not_applicable("sparse", "ties") is None
+    assert not_applicable("bottleneck", "mera-wts") is None
+    assert not_applicable("lora", "mera-wts") is None
+    assert "aligns adapter units" in not_applicable("sparse", "mera-wts")
+    assert "aligns adapter units" in not_applicable("full", "mera-acts")
+    assert not_applicable("lora", "ot-ties") is not None
+    assert not_applicable("sparse", "ties") is None
 
 
 def test_a_head_trained_on_features_learns_them():

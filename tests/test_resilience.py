@@ -97,7 +97,7 @@ def test_1_sigkill_during_fewshot_then_resume(sweep):
 def test_1b_runs_left_running_are_settled_by_their_manifest(sweep):
     """A kill between a unit's result landing and its MLflow run closing, and one mid-unit:
     the next run closes the first FINISHED (its manifest names it) and the second KILLED."""
-    from mera.config import load_config
+    from mera.configfile import load_config
     from mera.unit import settle_dead_runs, tracker
 
     cfg = load_config(sweep.root / "sweep.yaml", {"paths.root": str(sweep.root)}, shallow=True)
@@ -185,7 +185,7 @@ def test_4_a_config_error_is_not_retried_and_the_sweep_goes_on(sweep):
 def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(tmp_path):
     """Without any store search: the unit's attempt record numbers its runs, and the next
     attempt closes the last one KILLED when a killed worker left it RUNNING mid-sweep."""
-    from mera.config import load_config
+    from mera.configfile import load_config
     from mera.unit import Unit, run_unit, tracker
 
     cfg = load_config(REPO / "configs" / "smoke.yaml", {"paths.root": str(tmp_path)}, shallow=True)

@@ -9,7 +9,8 @@ import sys
 import pytest
 import yaml
 
-from mera.config import ConfigError, load_config
+from mera.config import ConfigError
+from mera.configfile import load_config
 from tests.conftest import REPO
 
 

@@ -100,9 +100,9 @@ def section(cfg: SweepConfig, evals: list[dict], out_dir: Path) -> tuple[list[st
     results and failures (the n/a cells follow from the config)."""
     mt = cfg.multitask
     data = collect(evals)
-    from mera.multitask import not_applicable
+    from mera.plan import not_applicable_pairs
 
-    skipped = {(k, m): why for k in mt.kinds for m in mt.methods if (why := not_applicable(k, m))}
+    skipped = not_applicable_pairs(cfg)
     failed = {(e["kind"], e["method"], int(e["n"])): e["failed"] for e in evals if e.get("failed")}
     own = own_adapters(evals)
     body = ["## Multi-task merging without fine-tuning (merge-eval)", "",
