@@ -149,8 +149,35 @@ def _source_info(adapter_dir: Path) -> tuple[str, int | None]:
     return name, m.get("n_train_available")
 
 
+def method_list() -> str:
+    """Every registered merge method with a line on what it does (imports torch: shown on demand)."""
+    from mera.merge import CALIB_PARAMS, METHODS, OT_PARAMS
+
+    width = max(map(len, METHODS))
+    lines = [f"  {name:{width}s}  {m.description}" + (f" [{', '.join(m.reduce_params)}]" if m.reduce_params else "")
+             for name, m in METHODS.items()]
+    return "\n".join([*lines, f"  aligned methods also take: {', '.join(OT_PARAMS)}",
+                      f"  activation-aligned ones also: {', '.join(CALIB_PARAMS)}"])
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called only when the help is shown."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 def cmd_merge(args) -> int:
     import json
+
+    if args.list:
+        print("merge methods (mera merge --method NAME, merge.methods in a config):\n" + method_list())
+        return 0
+    if not args.adapter or not args.method or not args.out:
+        raise ConfigError("mera merge needs --adapter (two or more), --method and --out; "
+                          "mera merge --list shows the methods")
 
     from mera.artifacts import atomic_dir
     from mera.config import ModelConfig
@@ -255,7 +282,7 @@ def serve_until_stopped(cmd: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mera", description="Benchmark merging pretrained adapters for few-shot learning.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_config(sp):
         sp.add_argument("--config", required=True, help="sweep YAML, e.g. configs/smoke.yaml")
@@ -277,12 +304,14 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` afterwards")
     imp.set_defaults(fn=cmd_data_import)
 
-    mg = sub.add_parser("merge", help="merge saved adapters into one (loads with the adapters library)")
-    mg.add_argument("--adapter", action="append", required=True, metavar="DIR",
-                    help="a saved adapter directory (repeat: two or more)")
-    mg.add_argument("--method", required=True, help="a registered merge method, e.g. mera-wts, mera-acts, ties")
+    mg = sub.add_parser("merge", help="merge saved adapters into one (loads with the adapters library)",
+                        epilog=lambda: "merge methods:\n" + method_list(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("--list", action="store_true", help="list the merge methods with what each does, and exit")
+    mg.add_argument("--adapter", action="append", metavar="DIR", help="a saved adapter directory (repeat: two or more)")
+    mg.add_argument("--method", help="a registered merge method (listed below), e.g. mera-wts, mera-acts, ties")
     mg.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter (YAML value)")
-    mg.add_argument("--out", required=True, help="directory for the merged adapter")
+    mg.add_argument("--out", help="directory for the merged adapter")
     mg.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     mg.add_argument("--calib", action="append", metavar="TASK",
                     help="ot-acts: calibration task(s) in --data-dir (default: the adapters' own tasks)")

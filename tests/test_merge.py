@@ -377,3 +377,16 @@ def test_mera_merge_cli_writes_an_adapter_the_library_loads(method, kits, shared
     assert (out / "diagnostics.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("args", [["merge", "--list"], ["merge", "--help"]])
+def test_the_cli_lists_every_registered_merge_method(args, capsys):
+    from flows.cli import main
+    from mera.merge import METHODS
+
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse ends --help this way
+        code = exc.code
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert code == 0 and set(METHODS) <= listed

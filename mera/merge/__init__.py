@@ -37,12 +37,23 @@ class MergeError(ValueError):
     """Unknown method, bad parameter or adapters that cannot be merged together."""
 
 
+ALIGN_TEXT = {"none": "", "ot-wts": "hidden units OT-aligned on weights, then ",
+              "ot-acts": "hidden units OT-aligned on activations, then "}
+REDUCE_TEXT = {"sum": "summed", "avg": "averaged", "ta": "task arithmetic (lam x summed deltas)",
+               "ties": "TIES (trim, elect sign, disjoint mean)", "dare-linear": "DARE drop-and-rescale, summed",
+               "dare-ties": "DARE drop-and-rescale, then TIES"}
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     name: str
     align: str  # one of ALIGNS
     reduction: str  # a key of REDUCERS
     version: int = 1  # bump when results change: it enters the cache key
+
+    @property
+    def description(self) -> str:
+        return ALIGN_TEXT[self.align] + REDUCE_TEXT[self.reduction]
 
     @property
     def reduce(self) -> Callable[..., State]:
