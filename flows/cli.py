@@ -49,9 +49,12 @@ def cmd_run(args) -> int:
     from mera.artifacts import sweep_lock
 
     if not args.force:  # read-only, so no lock: manifests appear atomically
-        from mera.status import finished_sweep
+        from mera.status import finished_sweep, walk
 
-        done = finished_sweep(cfg, args.until)
+        state = walk(cfg)
+        for damaged in [d for s in state.values() for d in s["damaged"]]:
+            print(f"redoing {damaged} (units downstream of it follow if its new content differs)")
+        done = finished_sweep(cfg, args.until, state)
         if done is not None:
             n = sum(len(v) for v in done.values())
             print(f"sweep {cfg.name!r}: nothing to do, all {n} units up to {args.until} are finished "
@@ -97,6 +100,8 @@ def cmd_status(args) -> int:
               f"  {len(units['failed']):5d} failed")
     for u in [f for s in state.values() for f in s["failed"]][:20]:
         print(f"  failed {u['unit']} ({u['at']}): {u['error'][:160]}")
+    for damaged in [d for s in state.values() for d in s["damaged"]]:
+        print(f"  damaged {damaged} (the next run redoes it)")
     missing = [n for u in state.values() for n in u["missing"]]
     if missing and args.verbose:
         print("missing:\n  " + "\n  ".join(missing))

@@ -44,19 +44,26 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 
 def read_manifest(path: Path) -> dict | None:
-    """The manifest of a finished unit, or None when the unit is not done: no manifest, an
-    unreadable one, or files that no longer match the content hashes it recorded."""
+    """The manifest of a finished unit, or None when the unit is not done (see `check`)."""
+    return check(path)[0]
+
+
+def check(path: Path) -> tuple[dict | None, str | None]:
+    """(the manifest of a finished unit, None), or (None, why it is no longer done) when a
+    manifest is there but unreadable or its files no longer match the hashes it recorded,
+    or (None, None) when the unit never finished."""
     f = Path(path) / MANIFEST
     if not f.is_file():
-        return None
+        return None, None
     try:
         manifest = json.loads(f.read_text())
     except json.JSONDecodeError:
-        return None
+        return None, "its manifest is unreadable"
     recorded = manifest.get("files")
-    if recorded is not None and file_hashes(path) != recorded:
-        return None  # a file changed, vanished or appeared since the unit finished
-    return manifest
+    if recorded is not None and (found := file_hashes(path)) != recorded:
+        changed = sorted(n for n in set(recorded) | set(found) if recorded.get(n) != found.get(n))
+        return None, f"{', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} changed since it finished"
+    return manifest, None
 
 
 @contextmanager

@@ -11,8 +11,10 @@ from mera.unit import result
 def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
     """Per stage the finished units' results ("done"), the ids of the units not finished
     ("missing"; a unit whose upstream is missing is missing too), and of those the failure
-    records of the ones whose last attempt failed ("failed")."""
-    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": []} for s in plan.STAGES[:-1]}
+    records of the ones whose last attempt failed ("failed"), and why the ones that finished
+    once are no longer done ("damaged": their files changed)."""
+    out: dict[str, dict[str, list]] = {s: {"done": [], "missing": [], "failed": [], "damaged": []}
+                                       for s in plan.STAGES[:-1]}
     out["fewshot"]["todo"] = []  # the missing fine-tunes' cells, for the report to mark
     results: dict[str, dict] = {}
     for node in plan.build(cfg):
@@ -27,19 +29,21 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
                 state["todo"].append(dict(node.args))
             if unit is not None and (f := unit.failure(cfg)):
                 state["failed"].append(f)
+            if unit is not None and (why := unit.damage(cfg)):
+                state["damaged"].append(f"{node.id}: {why}")
             continue
         results[node.id] = result(unit, cfg, manifest)
         state["done"].append(results[node.id])
     return out
 
 
-def finished_sweep(cfg: SweepConfig, until: str = "report") -> dict | None:
+def finished_sweep(cfg: SweepConfig, until: str = "report", state: dict | None = None) -> dict | None:
     """The results of every unit up to `until` when all are done (and, for "report", the
     report lists exactly these fine-tunes), else None. Lets a re-run of a finished sweep
     return at once, without starting the orchestrator."""
     from mera.report import report_keys
 
-    state = walk(cfg)
+    state = state or walk(cfg)
     done_stages = [s for s in plan.stages_until(until) if s in state]
     if any(state[s]["missing"] for s in done_stages):
         return None

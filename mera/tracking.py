@@ -120,13 +120,18 @@ class Tracker:
                  previous: str | None = None) -> Iterator[UnitRun]:
         """A child run for one unit, tagged with its attempt number (the caller keeps count:
         mera.unit); FAILED on error, KILLED when interrupted. `previous`, the unit's last
-        attempt, is closed KILLED if still RUNNING: it was killed with its process."""
-        if previous is not None and self._status(previous) == "RUNNING":
+        attempt, is closed KILLED if still RUNNING (it was killed with its process), or tagged
+        superseded and deleted if FINISHED (the unit's result was lost and is redone)."""
+        before = self._status(previous) if previous is not None else None
+        if before == "RUNNING":
             _retry(self.client.set_terminated, previous, status="KILLED")
         all_tags = {"mera.key": key, "mera.attempt": str(attempt), **{k: str(v) for k, v in tags.items()}}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = _retry(self.client.create_run, self.experiment_id(), run_name=name, tags=all_tags)
+        if before == "FINISHED":  # its result was lost or changed and is redone: one FINISHED run per key
+            _retry(self.client.set_tag, previous, "mera.superseded_by", run.info.run_id)
+            _retry(self.client.delete_run, previous)
         handle = UnitRun(self, run.info.run_id, run.info.artifact_uri)
         self._log(handle.run_id, params, {})
         try:

@@ -4,6 +4,7 @@ written atomically, its attempts counted and recorded as one MLflow child run of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -58,6 +59,10 @@ class Unit:
     def done(self, cfg: SweepConfig) -> dict | None:
         return artifacts.read_manifest(self.path(cfg))
 
+    def damage(self, cfg: SweepConfig) -> str | None:
+        """Why a unit that finished once is no longer done (its files changed), else None."""
+        return artifacts.check(self.path(cfg))[1]
+
     def failure_path(self, cfg: SweepConfig) -> Path:
         path = self.path(cfg)
         return path.parent / ".failed" / f"{path.name}.json"
@@ -92,7 +97,19 @@ def settle_dead_runs(cfg: SweepConfig) -> dict[str, int]:
 
 
 def result(unit: Unit, cfg: SweepConfig, manifest: dict) -> dict:
-    return {**manifest, "key": unit.key, "path": str(unit.path(cfg))}
+    return {**manifest, "key": unit.key, "path": str(unit.path(cfg)), "content": content(manifest)}
+
+
+def content(manifest: dict) -> str:
+    """A short hash of every file a unit wrote, from the hashes its manifest recorded."""
+    return hashlib.sha256(json.dumps(manifest.get("files", {}), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lineage(results: list[dict]) -> list[str]:
+    """Upstream results as `<key>:<content>`, sorted, for a unit's key: an upstream unit redone
+    with other content (its files lost and retrained differently) gives its downstream units
+    new keys, so they are redone too; redone with the same content, they stay valid."""
+    return sorted(f"{r['key']}:{r['content']}" for r in results)
 
 
 FAULT_ENV = "MERA_FAULT"  # "<unit name prefix>:<attempts>[:config]": fail those attempts (resilience tests)

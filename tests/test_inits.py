@@ -148,3 +148,15 @@ def test_unknown_inits_and_init_groups_fail_with_the_accepted_names(shared_data)
         load_config(REPO / "configs" / "smoke.yaml", {"fewshot.inits": ["adapter-from:imbd"]})
     with pytest.raises(ConfigError, match="init_groups.*'adapter' is not a grouped init"):
         load_config(REPO / "configs" / "smoke.yaml", {"fewshot.init_groups": {"adapter": ["all"]}})
+
+
+def test_a_unit_is_keyed_by_the_content_of_its_inputs(sweep):
+    """A merge's key covers its members' content: a member redone with other bytes gives the
+    merge (and what starts from it) a new key; the same bytes keep it."""
+    cfg, _, adapters, _ = sweep
+    node = next(n for n in plan.build(cfg) if n.id == "merge/sst2.same-track.mera-avg")
+    ups = [adapters[u.removeprefix("pretrain/")] for u in node.upstream]
+    key = stages.unit(cfg, node, ups).key
+    assert key == stages.run(cfg, node, ups)["key"]  # the finished merge, found by that key
+    retrained = [{**ups[0], "content": "0" * 16}, *ups[1:]]
+    assert stages.unit(cfg, node, retrained).key != key

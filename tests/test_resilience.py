@@ -219,3 +219,45 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
     shutil.rmtree(unit.path(cfg))
     run(works)
     assert attempts() == [(1, "FINISHED"), (1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
+
+
+def test_5_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlflow(sweep):
+    """One source adapter's weights corrupted: status names it, the run says it redoes it and
+    retrains exactly that adapter; its downstream units are keyed by its content, so they stay
+    valid when the retrained weights are the same bytes and are redone when they are not
+    (tests/test_inits.py checks the keying); MLflow keeps one FINISHED run per key."""
+    stamp = {stage: {n: (d / "manifest.json").stat().st_mtime_ns for n, d in sweep.unit_dirs(stage).items()}
+             for stage in ("pretrain", "merge", "fewshot")}
+    name = sorted(stamp["pretrain"])[0]
+    unit = sweep.unit_dirs("pretrain")[name]
+    old = json.loads((unit / "manifest.json").read_text())
+    weights = unit / "adapter" / "pytorch_adapter.bin"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    unit_id = f"pretrain/{name.rsplit('-', 1)[0]}"
+
+    status = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--config", "sweep.yaml"], cwd=sweep.root,
+                            env=sweep.env, capture_output=True, text=True, timeout=300)
+    assert f"damaged {unit_id}: adapter/pytorch_adapter.bin changed since it finished" in status.stdout
+    again = sweep.run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"redoing {unit_id}: adapter/pytorch_adapter.bin changed" in again.stdout
+
+    after = {stage: {n: (d / "manifest.json").stat().st_mtime_ns for n, d in sweep.unit_dirs(stage).items()}
+             for stage in stamp}
+    assert {n for n in after["pretrain"] if after["pretrain"][n] != stamp["pretrain"].get(n)} == {name}
+    new = json.loads((unit / "manifest.json").read_text())
+    assert new["files"] == old["files"]  # retrained to the same bytes (seeded, one process per unit) ...
+    assert after["merge"] == stamp["merge"] and after["fewshot"] == stamp["fewshot"]  # ... so nothing downstream
+
+    with sqlite3.connect(sweep.root / "mlruns" / "mlflow.db") as con:
+        twice = con.execute(
+            "select k.value from runs r join tags k on k.run_uuid = r.run_uuid and k.key = 'mera.key' "
+            "where r.status = 'FINISHED' and r.lifecycle_stage = 'active' group by k.value having count(*) > 1"
+        ).fetchall()
+        superseded = con.execute("select r.lifecycle_stage, t.value from runs r join tags t on t.run_uuid = "
+                                 "r.run_uuid and t.key = 'mera.superseded_by' where r.run_uuid = ?",
+                                 (old["mlflow_run_id"],)).fetchall()
+    assert twice == []
+    assert superseded == [("deleted", new["mlflow_run_id"])]

@@ -10,7 +10,7 @@ from mera.inits import Init
 from mera.plan import Node
 from mera.stages.common import ADAPTER_SUBDIR, runtime, validation_scores
 from mera.tasks import read_task
-from mera.unit import Unit, run_unit
+from mera.unit import Unit, lineage, run_unit
 
 INIT_VERSION = 2  # bump when what an init trains changes: it enters every fine-tune's key
 
@@ -33,7 +33,7 @@ def unit(cfg: SweepConfig, node: Node, ups: list[dict]) -> Unit:
     return Unit(node.stage, node.name, {
         "target": a["target"], "data": prep["hash"], "init": a["init"], "group": a["group"], "shots": a["shots"],
         "seed": a["seed"], "model": cfg.model.identity(), "fewshot": settings(cfg, cfg.init(a["init"])),
-        "max_eval": cfg.data.max_eval, "upstream": sorted(r["key"] for r in upstream)})
+        "max_eval": cfg.data.max_eval, "upstream": lineage(upstream)})
 
 
 def run(cfg: SweepConfig, node: Node, ups: list[dict], parent_id: str | None = None) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from mera.config import SweepConfig
 from mera.plan import Node
 from mera.stages.common import ADAPTER_SUBDIR
-from mera.unit import Unit, run_unit
+from mera.unit import Unit, lineage, run_unit
 
 
 def unit(cfg: SweepConfig, node: Node, ups: list[dict]) -> Unit:
@@ -18,7 +18,7 @@ def unit(cfg: SweepConfig, node: Node, ups: list[dict]) -> Unit:
     method = a["method"]
     return Unit(node.stage, node.name, {
         "target": a["target"], "group": a["group"], "method": method, "method_version": get_method(method).version,
-        "merge_params": cfg.merge.params.get(method, {}), "members": sorted(r["key"] for r in ups)})
+        "merge_params": cfg.merge.params.get(method, {}), "members": lineage(ups)})
 
 
 def calibration(cfg: SweepConfig, target: str, sources: list[str], anchor_dir: Path, params: dict):

@@ -9,7 +9,7 @@ from pathlib import Path
 from mera.config import SweepConfig
 from mera.plan import Node
 from mera.stages.common import ADAPTER_SUBDIR, runtime
-from mera.unit import Unit, run_unit
+from mera.unit import Unit, lineage, run_unit
 
 VERSION = 1  # bump when what a merge-eval measures changes: it enters its key
 
@@ -22,7 +22,7 @@ def unit(cfg: SweepConfig, node: Node, ups: list[dict]) -> Unit:
     return Unit(node.stage, node.name, {
         "kind": a["kind"], "model": cfg.kind_config(a["kind"]).model.identity(), "method": method,
         "method_version": get_method(method).version, "merge_params": cfg.merge.params.get(method, {}),
-        "n": a["n"], "draw": a["draw"], "members": sorted(a["members"]), "pool": sorted(r["key"] for r in ups),
+        "n": a["n"], "draw": a["draw"], "members": sorted(a["members"]), "pool": lineage(ups),
         "heldout": cfg.multitask.model_dump(include={"heldout_shots", "heldout_seeds", "head_steps", "head_lr",
                                                      "head_batch_size"}),
         "max_eval": cfg.data.max_eval, "version": VERSION})
