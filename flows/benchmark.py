@@ -7,6 +7,7 @@ units are cache hits, only what is missing runs.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from contextlib import nullcontext
@@ -93,6 +94,7 @@ def run(cfg: SweepConfig, until: str = "report") -> dict:
     Prefect API server (flows.server) unless the user points at one."""
     workers = cfg.run.workers
     env.preload()
+    gc.freeze()  # the libraries' objects, now imported, out of the collector's full walks (BENCHMARKS.md)
     from mera.train import set_threads
 
     threads = cfg.run.torch_threads or max(1, (os.cpu_count() or 1) // workers)
