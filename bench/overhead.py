@@ -14,6 +14,7 @@ MLflow store exist already (as after a project's first run; bench/_sweeps.py). E
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,8 @@ def plain(config: str, sets: list[str]) -> None:
     with untracked():
         import_data(cfg)
         preflight(cfg)
-        env.preload()  # as `mera run` does before its flow
+        env.preload()  # as `mera run` does before its flow, then the same freeze
+        gc.freeze()
         nodes = plan.build(cfg)
         for stage in plan.STAGES[:-1]:
             clock = time.perf_counter()

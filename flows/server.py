@@ -17,8 +17,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
+
+# Prefect settings for a server that lives as long as one run, where the user set none: the
+# task-run recorder writes states in batches instead of one transaction each, and automations
+# (which read every event) are off: the server's CPU is taken from the run's training
+DEFAULTS = {"PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+            "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 
 
 class ApiServer:
@@ -31,7 +37,8 @@ class ApiServer:
         sock.bind(("127.0.0.1", 0))  # bound here and handed over: no free-port race
         sock.listen(128)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env = {**DEFAULTS, **os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+               "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         try:
             with open(self.log, "a") as log:
@@ -117,8 +124,6 @@ def prune_flow_runs() -> int:
     (server.services.db_vacuum.retention_period, 90 days unless set), with their task runs:
     the server of a run is ephemeral, and Prefect's flow-run vacuum runs only in a long-lived
     one, so the run's database would otherwise grow run after run. Returns how many."""
-    from datetime import datetime
-
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterEndTime
     from prefect.settings import get_current_settings
