@@ -94,10 +94,11 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def write_manifest(directory: Path, manifest: dict) -> None:
-    """Written last: records the content hash of every file the unit wrote."""
+def write_manifest(directory: Path, manifest: dict) -> dict:
+    """Written last: records the content hash of every file the unit wrote. Returns it as written."""
     manifest = {**manifest, "files": file_hashes(directory)}
     (Path(directory) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    return manifest
 
 
 class SweepBusy(RuntimeError):

@@ -171,7 +171,7 @@ def run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, wo
                 manifest, metrics = work(tmp)
                 manifest.update(stage=unit.stage, key=unit.key, params=unit.params, tags=tags,
                                 seconds=time.perf_counter() - start, mlflow_run_id=run.run_id if run else None)
-                artifacts.write_manifest(tmp, manifest)
+                manifest = artifacts.write_manifest(tmp, manifest)  # with its files' hashes: its content
                 if run is not None:  # logged before the manifest becomes visible: a finished unit's run is complete
                     run.metrics({**metrics, "seconds": manifest["seconds"]})
                     run.artifacts(tmp)  # the adapter (adapters-library format), manifest and diagnostics

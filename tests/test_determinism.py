@@ -25,7 +25,7 @@ def run_sweep(root, shared_data, run: dict) -> dict[str, dict]:
     cfg["model"]["max_length"] = 32
     cfg["pretrain"].update(tasks=["imdb", "mr", "qnli"], max_examples=32)
     cfg["merge"].update(groups=["all"], methods=["mera-avg", "mera-wts"], params={})
-    cfg["fewshot"].update(targets=["sst2", "rte"], inits=["adapter", "mera-wts", "head"], shots=[4], seeds=[13, 21],
+    cfg["fewshot"].update(targets=["sst2", "rte"], inits=["adapter", "mera-wts", "head"], shots=[4], seeds=[13],
                           epochs=1, min_steps=3)
     cfg["run"] = {**run, "torch_threads": 1}  # one intra-op thread everywhere: same float reductions
     root.mkdir()
@@ -48,7 +48,7 @@ def test_thread_process_and_dask_runners_give_identical_metrics(tmp_path, shared
     processes = run_sweep(tmp_path / "process", shared_data, {"workers": 2})
     again = run_sweep(tmp_path / "again", shared_data, {"workers": 2})
     dask = run_sweep(tmp_path / "dask", shared_data, {"workers": 2, "runner": "dask"})
-    assert len(threads) == 3 + 2 * 2 * 3  # 3 adapters; 2 targets x 2 seeds x 3 inits
+    assert len(threads) == 3 + 2 * 3  # 3 adapters; 2 targets x 3 inits
     assert again == processes  # keys (hence configs and data) and every metric, bit for bit
     assert processes == threads
     assert dask == threads

@@ -212,13 +212,16 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
     track.client.update_run(first, status="RUNNING")  # as if its worker had been killed
     run(works)
     assert attempts() == [(1, "KILLED"), (2, "FINISHED")]
-    shutil.rmtree(unit.path(cfg))  # deleted: the unit runs again, as attempt 3
+    second = json.loads(unit.attempts_path(cfg).read_text())["run_id"]
+    shutil.rmtree(unit.path(cfg))  # deleted: the unit runs again, as attempt 3, and supersedes attempt 2
     run(works)
-    assert attempts() == [(1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
+    assert attempts() == [(1, "KILLED"), (3, "FINISHED")]  # one FINISHED run per key
+    superseded = track.client.get_run(second)
+    assert superseded.info.lifecycle_stage == "deleted" and "mera.superseded_by" in superseded.data.tags
     unit.attempts_path(cfg).write_text("{not json")  # a damaged record: counting starts again, nothing fails
     shutil.rmtree(unit.path(cfg))
-    run(works)
-    assert attempts() == [(1, "FINISHED"), (1, "KILLED"), (2, "FINISHED"), (3, "FINISHED")]
+    run(works)  # (the last attempt unknown, attempt 3 is not superseded)
+    assert attempts() == [(1, "FINISHED"), (1, "KILLED"), (3, "FINISHED")]
 
 
 def test_5_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlflow(sweep):
