@@ -89,9 +89,9 @@ def benchmark(config: dict, until: str = "report") -> dict:
     return out
 
 
-def run(cfg: SweepConfig, until: str = "report") -> dict:
+def run(cfg: SweepConfig, until: str = "report", api: server.ApiServer | None = None) -> dict:
     """Run the flow with the configured task runner (threads by default) on the run's own
-    Prefect API server (flows.server) unless the user points at one."""
+    Prefect API server (`api` if spawned already; flows.server) unless the user points at one."""
     workers = cfg.run.workers
     env.preload()
     gc.freeze()  # the libraries' objects, now imported, out of the collector's full walks (BENCHMARKS.md)
@@ -117,7 +117,7 @@ def run(cfg: SweepConfig, until: str = "report") -> dict:
         runner = ThreadPoolTaskRunner(max_workers=workers)
     from prefect.settings import temporary_settings
 
-    own = server.start() is not None
+    own = (server.ready(api) if api is not None else server.start()) is not None
     if own:
         server.prune_flow_runs()
     # flow-run heartbeats tell a long-lived server that a run is alive; the run's own server

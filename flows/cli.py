@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     from mera.artifacts import sweep_lock
 
     if not args.force:  # read-only, so no lock: manifests appear atomically
-        from mera.status import finished_sweep, walk
+        from mera.status import finished_sweep, walk, write_lineage
 
         state = walk(cfg)
         for damaged in [d for s in state.values() for d in s["damaged"]]:
@@ -61,18 +61,27 @@ def cmd_run(args) -> int:
                   f"({time.perf_counter() - start:.1f} s; --force re-enters the flow, where they are cache hits)")
             if args.until == "report":
                 print(f"report: {cfg.paths.resolve('reports') / cfg.name / 'report.md'}")
+            write_lineage(cfg, args.until, state)
             return 0
     from mera.preflight import check_config, preflight
 
     check_config(cfg)  # what the config alone decides, before anything is written (the lock included)
     with sweep_lock(cfg.paths.resolve("artifacts"), cfg.name):
+        from flows import server
         from mera.stages.prepare import import_data
 
+        # Prefect's server boots in its own process beside the checks and imports; on a new
+        # Prefect home only once they passed, so a mistake leaves no database behind
+        api = server.spawn() if server.database_exists() else None
         import_data(cfg)
         preflight(cfg)
+        api = api or server.spawn()
         from flows.benchmark import run
 
-        out = run(cfg, args.until)
+        out = run(cfg, args.until, api)
+    from mera.status import write_lineage
+
+    write_lineage(cfg, args.until)  # what dvc.yaml's stages output
     print(f"sweep {cfg.name!r}: {args.until} done in {time.perf_counter() - start:.1f} s "
           f"(MLflow parent run {out['parent_run_id']})")
     for stage, seconds in out.get("timings", {}).items():

@@ -94,24 +94,46 @@ def _die_with(parent: int):
 _STARTED: list[ApiServer] = []
 
 
-def start() -> ApiServer | None:
-    """Start the run's API server unless the user has one, point Prefect's settings at it and
-    stop it at exit (registered before Prefect's own exit hooks, so it outlives their final
-    flush). Called before any flow or client exists."""
+def spawn() -> ApiServer | None:
+    """Start the run's API server unless the user has one, and stop it at exit (registered
+    before Prefect's own exit hooks, so it outlives their final flush). It boots in its own
+    process while the run goes on; `ready()` waits for it."""
     import atexit
 
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    from prefect.settings import PREFECT_API_URL
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         return None
     server = ApiServer()
     atexit.register(server.stop)
+    return server
+
+
+def ready(server: ApiServer) -> ApiServer:
+    """Wait until the spawned server answers and point Prefect's settings at it (before any
+    flow or client exists)."""
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
     server.wait_healthy(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     os.environ["PREFECT_API_URL"] = server.url
     refresh_global_settings_context()
     _STARTED.append(server)
     return server
+
+
+def start() -> ApiServer | None:
+    """`spawn()` then `ready()`: the run's API server, up, unless the user has one."""
+    server = spawn()
+    return ready(server) if server is not None else None
+
+
+def database_exists() -> bool:
+    """Prefect's default database (SQLite in its home) exists: starting the server then
+    creates nothing a user's mistake would leave behind."""
+    if any(k in os.environ for k in ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")):
+        return False
+    return (Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / "prefect.db").is_file()
 
 
 def own_server() -> bool:

@@ -3,6 +3,9 @@ and a re-run of a finished sweep read."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from mera import plan, stages
 from mera.config import SweepConfig
 from mera.unit import result
@@ -35,6 +38,23 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
         results[node.id] = result(unit, cfg, manifest)
         state["done"].append(results[node.id])
     return out
+
+
+def write_lineage(cfg: SweepConfig, until: str, state: dict | None = None) -> Path:
+    """`<paths.results>/lineage/<stage>.json` for each stage up to `until`: its finished units'
+    ids and `key:content`. What dvc.yaml's stages declare as outputs: it changes exactly
+    when a unit or what it holds does (no times, no run ids), so `dvc status` stays clean
+    after a run that changed nothing. Returns the folder."""
+    from mera.artifacts import atomic_write
+
+    state = state or walk(cfg)
+    folder = cfg.paths.resolve("results") / "lineage"
+    for stage in plan.stages_until(until)[:-1]:
+        units = {f"{stage}/{Path(r['path']).name.rsplit('-', 1)[0]}": f"{r['key']}:{r['content']}"
+                 for r in state[stage]["done"]}
+        text = json.dumps({"sweep": cfg.name, "units": dict(sorted(units.items()))}, indent=1) + "\n"
+        atomic_write(folder / f"{stage}.json", lambda tmp, text=text: tmp.write_text(text))
+    return folder
 
 
 def finished_sweep(cfg: SweepConfig, until: str = "report", state: dict | None = None) -> dict | None:
