@@ -49,7 +49,7 @@ def write_lineage(cfg: SweepConfig, until: str, state: dict | None = None) -> Pa
 
     state = state or walk(cfg)
     folder = cfg.paths.resolve("results") / "lineage"
-    for stage in plan.stages_until(until)[:-1]:
+    for stage in [s for s in plan.stages_until(until)[:-1] if state[s]["done"] or state[s]["missing"]]:
         units = {f"{stage}/{Path(r['path']).name.rsplit('-', 1)[0]}": f"{r['key']}:{r['content']}"
                  for r in state[stage]["done"]}
         text = json.dumps({"sweep": cfg.name, "units": dict(sorted(units.items()))}, indent=1) + "\n"
