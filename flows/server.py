@@ -91,9 +91,6 @@ def _die_with(parent: int):
     return hook
 
 
-_STARTED: list[ApiServer] = []
-
-
 def spawn() -> ApiServer | None:
     """Start the run's API server unless the user has one, and stop it at exit (registered
     before Prefect's own exit hooks, so it outlives their final flush). It boots in its own
@@ -118,7 +115,6 @@ def ready(server: ApiServer) -> ApiServer:
     server.wait_healthy(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     os.environ["PREFECT_API_URL"] = server.url
     refresh_global_settings_context()
-    _STARTED.append(server)
     return server
 
 
@@ -135,10 +131,6 @@ def database_exists() -> bool:
         return False
     return (Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / "prefect.db").is_file()
 
-
-def own_server() -> bool:
-    """Whether this process started the Prefect API server its flows report to."""
-    return bool(_STARTED)
 
 
 def prune_flow_runs() -> int:

@@ -16,8 +16,7 @@ import torch
 
 from mera.config import SweepConfig
 from mera.inits import Init
-
-ADAPTER_SUBDIR = "adapter"
+from mera.stages.common import ADAPTER_SUBDIR
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mera.merge import DELTA_KINDS
+from mera.deltas import KINDS as DELTA_KINDS
 
 
 def head_dir(adapter_dir: Path, kind: str) -> Path:

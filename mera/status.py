@@ -24,7 +24,7 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
         ups = [results.get(u) for u in node.upstream]
         present = node.stage != "prepare" or (cfg.data_dir() / node.name / "meta.json").is_file()
         unit = stages.unit(cfg, node, ups) if present and None not in ups else None
-        manifest = unit.done(cfg) if unit is not None else None
+        manifest, why = unit.check(cfg) if unit is not None else (None, None)
         state = out[node.stage]
         if manifest is None:
             state["missing"].append(node.id)
@@ -32,7 +32,7 @@ def walk(cfg: SweepConfig) -> dict[str, dict[str, list]]:
                 state["todo"].append(dict(node.args))
             if unit is not None and (f := unit.failure(cfg)):
                 state["failed"].append(f)
-            if unit is not None and (why := unit.damage(cfg)):
+            if why:
                 state["damaged"].append(f"{node.id}: {why}")
             continue
         results[node.id] = result(unit, cfg, manifest)

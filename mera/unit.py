@@ -59,9 +59,9 @@ class Unit:
     def done(self, cfg: SweepConfig) -> dict | None:
         return artifacts.read_manifest(self.path(cfg))
 
-    def damage(self, cfg: SweepConfig) -> str | None:
-        """Why a unit that finished once is no longer done (its files changed), else None."""
-        return artifacts.check(self.path(cfg))[1]
+    def check(self, cfg: SweepConfig) -> tuple[dict | None, str | None]:
+        """(its manifest when done, why a unit that finished once no longer is): artifacts.check."""
+        return artifacts.check(self.path(cfg))
 
     def failure_path(self, cfg: SweepConfig) -> Path:
         path = self.path(cfg)

@@ -27,7 +27,6 @@ from mera.tasks import did_you_mean
 State = dict[str, torch.Tensor]
 ALIGNS = ("none", "ot-wts", "ot-acts")
 ANCHORS = ("largest", "medoid", "first")
-DELTA_KINDS = ("sparse", "full")  # adapter kinds that are deltas on the base weights (mera.deltas)
 # OT knobs read by merge(); calibration knobs read by whoever computes the activations
 OT_PARAMS = ("anchor", "features", "metric", "squared", "solver", "reg", "iterations")
 CALIB_PARAMS = ("point", "calib", "calib_examples", "max_tokens")
@@ -267,6 +266,8 @@ def validate(name: str, params: dict, names: list[str] | None = None) -> None:
 
 def not_applicable(kind: str, method: str) -> str | None:
     """Why `method` cannot merge adapters of `kind` (None when it can)."""
+    from mera.deltas import KINDS as DELTA_KINDS
+
     m = get_method(method)
     if kind in DELTA_KINDS and m.align != "none":
         return f"{method} aligns adapter units; {kind} deltas have none"
