@@ -42,7 +42,7 @@ def main() -> None:
     from mera import data
     from mera.calibrate import Activations
     from mera.config import ModelConfig
-    from mera.merge import merge
+    from mera.merge.core import merge
     from mera.models import adapter_state, build_model
     from mera.tasks import read_task
     from mera.train import set_threads

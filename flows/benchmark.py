@@ -43,7 +43,7 @@ def _blocked(upstream: list[dict]) -> dict | None:
 
 @flow(name="benchmark", log_prints=True)
 def benchmark(config: dict, until: str = "report") -> dict:
-    cfg = SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the caller
+    cfg = SweepConfig.model_validate(config)
     timings: dict[str, float] = {}
     track = tracker(cfg)
     parent = track.sweep_run(sweep_key(cfg), cfg.name, flatten(cfg.model_dump()))

@@ -31,15 +31,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     return errors()
 
 
-def _load(args, shallow: bool = False) -> object:
+def _load(args) -> object:
     overrides = dict(parse_override(s) for s in args.set or [])
-    return load_config(args.config, overrides, shallow=shallow)
+    return load_config(args.config, overrides)
 
 
 def cmd_run(args) -> int:
     from mera.plan import STAGES
 
-    cfg = _load(args, shallow=True)  # merge parameters are run-checked in the preflight, when there is work
+    cfg = _load(args)
     if args.until not in STAGES:
         raise ConfigError(f"--until {args.until!r} is not a stage; accepted: {', '.join(STAGES)}")
     from flows import env
@@ -164,7 +164,7 @@ def _source_info(adapter_dir: Path) -> tuple[str, int | None]:
 
 
 def method_list() -> str:
-    """Every registered merge method with a line on what it does (imports torch: shown on demand)."""
+    """Every registered merge method with a line on what it does."""
     from mera.merge import CALIB_PARAMS, METHODS, OT_PARAMS
 
     width = max(map(len, METHODS))
@@ -172,15 +172,6 @@ def method_list() -> str:
              for name, m in METHODS.items()]
     return "\n".join([*lines, f"  aligned methods also take: {', '.join(OT_PARAMS)}",
                       f"  activation-aligned ones also: {', '.join(CALIB_PARAMS)}"])
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose epilog may be a function, called only when the help is shown."""
-
-    def format_help(self) -> str:
-        if callable(self.epilog):
-            self.epilog = self.epilog()
-        return super().format_help()
 
 
 def cmd_merge(args) -> int:
@@ -195,7 +186,8 @@ def cmd_merge(args) -> int:
 
     from mera.artifacts import atomic_dir
     from mera.config import ModelConfig
-    from mera.merge import MergeError, get_method, mean_costs, merge, validate
+    from mera.merge import MergeError, get_method, validate
+    from mera.merge.core import mean_costs, merge
     from mera.models import read_adapter, write_adapter
 
     params = dict(parse_override(p) for p in args.param or [])
@@ -296,7 +288,7 @@ def serve_until_stopped(cmd: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mera", description="Benchmark merging pretrained adapters for few-shot learning.")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
         sp.add_argument("--config", required=True, help="sweep YAML, e.g. configs/smoke.yaml")
@@ -319,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
     imp.set_defaults(fn=cmd_data_import)
 
     mg = sub.add_parser("merge", help="merge saved adapters into one (loads with the adapters library)",
-                        epilog=lambda: "merge methods:\n" + method_list(),
+                        epilog="merge methods:\n" + method_list(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     mg.add_argument("--list", action="store_true", help="list the merge methods with what each does, and exit")
     mg.add_argument("--adapter", action="append", metavar="DIR", help="a saved adapter directory (repeat: two or more)")

@@ -31,7 +31,7 @@ def preload() -> None:
     import mera.calibrate  # noqa: F401
     import mera.evaluate  # noqa: F401
     import mera.fewshot  # noqa: F401
-    import mera.merge.ot  # noqa: F401
+    import mera.merge.core  # noqa: F401
     import mera.models  # noqa: F401
 
 

@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mera.inits import DEFAULT_LR, Init, parse_init
 from mera.inits import KINDS as INIT_KINDS
+from mera.merge import get_method, validate
 
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 GROUPS = ("same-track", "cross-track", "all")
@@ -97,9 +98,7 @@ class MergeConfig(_Section):
     @field_validator("methods")
     @classmethod
     def _registered_methods(cls, methods: list[str]) -> list[str]:
-        from mera.merge import get_method  # the registry; raises MergeError with did-you-mean
-
-        for name in methods:
+        for name in methods:  # the registry raises MergeError with did-you-mean
             get_method(name)
         return methods
 
@@ -312,18 +311,7 @@ class SweepConfig(_Section):
         return parse_init(name, self.merge.methods, self.pretrain.tasks)
 
     @model_validator(mode="after")
-    def _merge_params_are_valid(self, info: ValidationInfo) -> SweepConfig:
-        """Runs each parameterised method on tiny synthetic adapters (imports torch and POT,
-        ~2 s): skipped under `context={"shallow": True}`, where the caller checks later
-        (`mera run` in its preflight, after a finished sweep has returned at once)."""
-        if (info.context or {}).get("shallow"):
-            return self
-        self.check_merge_params()
-        return self
-
-    def check_merge_params(self) -> None:
-        from mera.merge import validate
-
+    def _merge_params_are_valid(self) -> SweepConfig:
         for name, params in self.merge.params.items():
             if not isinstance(params, dict):
                 raise ValueError(f"merge.params.{name} must be a mapping of parameter: value, got {params!r}")
@@ -331,6 +319,7 @@ class SweepConfig(_Section):
                 validate(name, params, names=self.pretrain.tasks)
             except ValueError as exc:
                 raise ValueError(f"merge.params.{name}: {str(exc).removeprefix(name + ': ')}") from None
+        return self
 
     def data_dir(self) -> Path:
         d = Path(self.data.dir).expanduser()

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from mera.config import ConfigError, SweepConfig
-from mera.tasks import did_you_mean
+from mera.registry import did_you_mean
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -61,7 +61,7 @@ def _format_error(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, shallow: bool = False) -> SweepConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Read, expand and validate a sweep config; `overrides` maps dotted keys to values."""
     path = Path(path)
     if not path.is_file():
@@ -75,7 +75,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, shall
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
-        return SweepConfig.model_validate(_expand_env(raw), context={"shallow": shallow})
+        return SweepConfig.model_validate(_expand_env(raw))
     except ValidationError as err:
         raise ConfigError(f"{path}: {_format_error(err)}") from None
 

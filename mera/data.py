@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from mera.artifacts import atomic_dir
-from mera.tasks import HUB_TASKS, TaskError, TaskSpec, available_tasks, did_you_mean, read_task
+from mera.registry import did_you_mean
+from mera.tasks import HUB_TASKS, TaskError, TaskSpec, available_tasks, read_task
 
 SPLITS = ("train", "validation")
 COLUMNS = ("sentence1", "sentence2", "label")
@@ -154,11 +155,9 @@ def import_from_dir(source: Path, data_dir: Path, tasks: list[str] | None = None
 
 def import_from_hub(data_dir: Path, name: str) -> None:
     """Download one task from the Hugging Face hub into the uniform layout (needs a network)."""
-    if name not in HUB_TASKS:
-        raise TaskError(f"task {name!r} has no hub source; {did_you_mean(name, list(HUB_TASKS))}")
+    src = HUB_TASKS[name]  # an unknown name: TaskError with did-you-mean
     from datasets import load_dataset  # heavy import, only on this path
 
-    src = HUB_TASKS[name]
     with atomic_dir(Path(data_dir) / name) as tmp:
         for split, hub_split in src.splits:
             ds = load_dataset(src.path, src.config, split=hub_split).to_pandas()

@@ -16,6 +16,7 @@ import torch
 
 from mera.config import SweepConfig
 from mera.inits import Init
+from mera.registry import load
 from mera.stages.common import ADAPTER_SUBDIR
 
 
@@ -34,34 +35,58 @@ def _adapter_dir(result: dict) -> Path:
 
 def start(cfg: SweepConfig, init: Init, num_labels: int, seed: int, upstream: list[dict],
           train_df: pd.DataFrame, dev_df: pd.DataFrame | None) -> Start:
-    """The model for `init`; `upstream` holds the results it depends on: the merge for merge
-    inits, the source adapter for adapter-from, the group's adapters for best-source and fusion."""
-    from mera.models import build_model, train_only_head
+    """The model for `init`, from its kind's builder; `upstream` holds the results it depends
+    on: the merge for merge inits, the source adapter for adapter-from, the group's adapters
+    for best-source and fusion."""
+    return load(init.spec.build)(cfg, num_labels, seed, upstream, train_df, dev_df)
 
-    if init.kind in ("head", "full"):
-        model, tok = build_model(cfg.model, num_labels, seed=seed, adapter=False)
-        if init.kind == "full":
-            for p in model.parameters():
-                p.requires_grad = True
-        return Start(model, tok, saves="head" if init.kind == "head" else "none")
-    if init.kind == "adapter":
-        return Start(*build_model(cfg.model, num_labels, seed=seed))
-    if init.kind == "fusion":
-        return fusion(cfg, num_labels, seed, upstream)
-    if init.kind == "best-source":
-        chosen, scores = best_source(cfg, num_labels, seed, upstream, train_df, dev_df)
-        model, tok = build_model(cfg.model, num_labels, adapter_dir=_adapter_dir(chosen), seed=seed)
-        return Start(model, tok, info={"chosen_source": chosen["task"], "dev_scores": scores, "n_dev": len(dev_df)})
-    # adapter-from, merge, frozen: one upstream adapter
+
+def head_only(cfg: SweepConfig, num_labels: int, seed: int, *_) -> Start:
+    from mera.models import build_model
+
+    return Start(*build_model(cfg.model, num_labels, seed=seed, adapter=False), saves="head")
+
+
+def full_model(cfg: SweepConfig, num_labels: int, seed: int, *_) -> Start:
+    from mera.models import build_model
+
+    model, tok = build_model(cfg.model, num_labels, seed=seed, adapter=False)
+    for p in model.parameters():
+        p.requires_grad = True
+    return Start(model, tok, saves="none")
+
+
+def fresh_adapter(cfg: SweepConfig, num_labels: int, seed: int, *_) -> Start:
+    from mera.models import build_model
+
+    return Start(*build_model(cfg.model, num_labels, seed=seed))
+
+
+def from_adapter(cfg: SweepConfig, num_labels: int, seed: int, upstream: list[dict], *_) -> Start:
+    """One upstream adapter (a source's or a merge's), trained on with a fresh head."""
+    from mera.models import build_model
+
     (source,) = upstream
-    model, tok = build_model(cfg.model, num_labels, adapter_dir=_adapter_dir(source), seed=seed)
-    if init.kind == "frozen":
-        train_only_head(model)
-        return Start(model, tok, saves="head")
-    return Start(model, tok)
+    return Start(*build_model(cfg.model, num_labels, adapter_dir=_adapter_dir(source), seed=seed))
 
 
-def fusion(cfg: SweepConfig, num_labels: int, seed: int, members: list[dict]) -> Start:
+def frozen_adapter(cfg: SweepConfig, num_labels: int, seed: int, upstream: list[dict], *_) -> Start:
+    from mera.models import train_only_head
+
+    st = from_adapter(cfg, num_labels, seed, upstream)
+    train_only_head(st.model)
+    return Start(st.model, st.tokenizer, saves="head")
+
+
+def best_source_adapter(cfg: SweepConfig, num_labels: int, seed: int, upstream: list[dict],
+                        train_df: pd.DataFrame, dev_df: pd.DataFrame) -> Start:
+    chosen, scores = best_source(cfg, num_labels, seed, upstream, train_df, dev_df)
+    st = from_adapter(cfg, num_labels, seed, [chosen])
+    st.info = {"chosen_source": chosen["task"], "dev_scores": scores, "n_dev": len(dev_df)}
+    return st
+
+
+def fusion(cfg: SweepConfig, num_labels: int, seed: int, members: list[dict], *_) -> Start:
     """AdapterFusion (Pfeiffer et al. 2021, "dynamic": query, key, value; V starts at the
     identity) over the group's frozen source adapters, plus a fresh head; the loss gets
     `fusion_reg * Σ_l ‖I - V_l‖²` (METHOD.md 5)."""

@@ -118,15 +118,15 @@ def inits_upstream(cfg: SweepConfig, init: Init, target: str, group: str | None,
     """The units an init starts from; None when the cell does not exist (an empty group, or
     the target's own adapter, which would leak)."""
     kind = cfg.model.adapter
-    if init.kind in ("merge", "frozen"):
-        members = group_members(target, group, tracks, cfg.pretrain.tasks)
-        return [merge_node(target, group, init.method, members, kind).id] if members else None
-    if init.kind == "adapter-from":
+    upstream = init.spec.upstream
+    if upstream == "source":
         return None if init.arg == target else [f"pretrain/{adapter_name(init.arg, kind)}"]
-    if init.kind in ("best-source", "fusion"):
-        members = group_members(target, group, tracks, cfg.pretrain.tasks)
-        return [f"pretrain/{adapter_name(m, kind)}" for m in members] or None
-    return []
+    if upstream == "none":
+        return []
+    members = group_members(target, group, tracks, cfg.pretrain.tasks)
+    if upstream == "merge":
+        return [merge_node(target, group, init.method, members, kind).id] if members else None
+    return [f"pretrain/{adapter_name(m, kind)}" for m in members] or None
 
 
 def empty_groups(cfg: SweepConfig, tracks: dict[str, str]) -> list[tuple[str, str]]:

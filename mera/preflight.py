@@ -89,7 +89,7 @@ def check_data(cfg: SweepConfig) -> dict[str, str]:
 
 def check_shots(cfg: SweepConfig, spec, train) -> None:
     shots, dev_k = max(cfg.fewshot.shots), cfg.fewshot.dev_k
-    with_dev = any(i.kind == "best-source" for i in cfg.inits())  # its dev sample is drawn beside the K shots
+    with_dev = any("dev_k" in i.spec.settings for i in cfg.inits())  # its dev sample is drawn beside the K shots
     need = shots + ((dev_k or shots) if with_dev else 0)
     counts = train["label"].value_counts()
     smallest_class = min(range(spec.num_labels), key=lambda c: int(counts.get(c, 0)))
@@ -132,18 +132,8 @@ def check_runtime(cfg: SweepConfig) -> None:
     Runtime.of(cfg.run.device, cfg.run.precision, cfg.run.eval_batch_size)
 
 
-def check_merge_params(cfg: SweepConfig) -> None:
-    """Each parameterised merge method runs on tiny synthetic adapters (a config loaded
-    with `shallow=True` skipped this)."""
-    try:
-        cfg.check_merge_params()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def check_config(cfg: SweepConfig) -> None:
     """What the config alone decides (run before data is imported or anything is written)."""
-    check_merge_params(cfg)
     check_runtime(cfg)
 
 

@@ -6,10 +6,11 @@ dataset maps onto the uniform schema (sentence1, sentence2, label).
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from mera.registry import Registry, did_you_mean
 
 TASK_VERSION = 1  # bump when the meaning of a task's data changes: it enters every cache key
 
@@ -47,7 +48,7 @@ _GLUE_PAIR = {"mrpc": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence
               "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
               "qnli": ("question", "sentence"), "mnli": ("premise", "hypothesis")}
 
-HUB_TASKS: dict[str, HubSource] = {
+HUB_TASKS: Registry[HubSource] = Registry("hub task", {
     "sst2": HubSource("nyu-mll/glue", "sst2", "sentiment", ("negative", "positive"), "sentence"),
     "cola": HubSource("nyu-mll/glue", "cola", "other", ("unacceptable", "acceptable"), "sentence"),
     "mrpc": HubSource("nyu-mll/glue", "mrpc", "paraphrase", ("not_equivalent", "equivalent"), *_GLUE_PAIR["mrpc"]),
@@ -65,13 +66,7 @@ HUB_TASKS: dict[str, HubSource] = {
     "mr": HubSource("cornell-movie-review-data/rotten_tomatoes", None, "sentiment", ("negative", "positive"),
                     "text"),
     "boolq": HubSource("google/boolq", None, "other", ("False", "True"), "question", "passage"),
-}
-
-
-def did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{hint}known: {', '.join(sorted(known)) or '(none)'}"
+}, TaskError)
 
 
 def read_task(data_dir: Path, name: str) -> TaskSpec:

@@ -23,7 +23,7 @@ def _cfg(config: dict) -> SweepConfig:
         from mera.train import set_threads
 
         set_threads(int(threads))
-    return SweepConfig.model_validate(config, context={"shallow": True})  # checked in full by the CLI
+    return SweepConfig.model_validate(config)
 
 
 def worker_init() -> None:

@@ -65,5 +65,18 @@ def test_several_workers_run_in_processes_unless_a_runner_is_named(run, runner):
 
 @pytest.mark.parametrize("config", ["smoke", "quick", "default", "multitask", "paper"])
 def test_every_shipped_config_with_several_workers_is_reproducible(config):
-    run = load_config(REPO / "configs" / f"{config}.yaml", shallow=True).run
+    run = load_config(REPO / "configs" / f"{config}.yaml").run
     assert run.workers == 1 or run.runner in ("process", "dask")
+
+
+def test_loading_a_config_imports_no_torch():
+    """The registries list and check names from declarations; the implementations (torch,
+    POT, transformers) are imported when a merge or fine-tune runs."""
+    code = ("import sys; from mera.configfile import load_config; "
+            "load_config('configs/smoke.yaml', {'merge.params': {'ties': {'density': 0.5}, 'mera-wts': {'solver': "
+            "'sinkhorn'}}}); from flows.cli import method_list; method_list(); "
+            "heavy = [m for m in ('torch', 'ot', 'transformers', 'pandas') if m in sys.modules]; "
+            "print(heavy); from mera.merge import METHODS; METHODS['ties'].reduce; print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]

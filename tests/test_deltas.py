@@ -8,7 +8,8 @@ import torch
 from mera import data, deltas
 from mera.config import ModelConfig
 from mera.evaluate import predict
-from mera.merge import MergeError, merge
+from mera.merge import MergeError
+from mera.merge.core import merge
 from mera.models import ADAPTER, build_model
 from mera.tasks import read_task
 from mera.train import TrainSettings, train

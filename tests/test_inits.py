@@ -160,3 +160,24 @@ def test_a_unit_is_keyed_by_the_content_of_its_inputs(sweep):
     assert key == stages.run(cfg, node, ups)["key"]  # the finished merge, found by that key
     retrained = [{**ups[0], "content": "0" * 16}, *ups[1:]]
     assert stages.unit(cfg, node, retrained).key != key
+
+
+def test_each_init_kind_is_its_registry_entry(shared_data, tmp_path):
+    """The sweep above covers every registered kind; the plan starts each from what its entry
+    says, its key holds the settings its entry names, and its builder takes the common call."""
+    import inspect
+
+    from mera.inits import INITS as REGISTRY
+    from mera.registry import load
+    from mera.stages.fewshot import settings
+
+    cfg = tiny(tmp_path, shared_data)
+    assert {cfg.init(n).kind for n in INITS} == set(REGISTRY)  # a new entry joins INITS above
+    expected = {"none": set(), "source": {"pretrain"}, "merge": {"merge"}, "members": {"pretrain"}}
+    for node in (n for n in plan.build(cfg) if n.stage == "fewshot"):
+        init = cfg.init(node.args["init"])
+        assert {u.split("/")[0] for u in node.upstream[1:]} == expected[init.spec.upstream], node.id
+        assert (node.args["group"] is not None) == init.grouped
+        assert set(init.spec.settings) <= set(settings(cfg, init)), node.id
+    for kind in REGISTRY.values():
+        inspect.signature(load(kind.build)).bind(cfg, 2, 13, [], None, None)

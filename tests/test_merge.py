@@ -3,6 +3,8 @@ three adapter kinds (Pfeiffer, Houlsby, LoRA), weights- and activation-based OT.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,8 @@ from mera import data
 from mera.calibrate import Activations
 from mera.config import ModelConfig
 from mera.evaluate import predict
-from mera.merge import METHODS, MergeError, merge, validate
+from mera.merge import METHODS, MergeError, validate
+from mera.merge.core import merge
 from mera.merge.lora import deltas
 from mera.merge.ot import plan
 from mera.merge.reduce import dare_linear, dare_ties, drop_all, ties
@@ -339,6 +342,76 @@ def test_bad_methods_parameters_and_inputs_fail_clearly(kits):
         merge("mera-avg", [a, smaller])
     with pytest.raises(MergeError, match="only averaged"):
         merge("ot-ties", [kits["lora"].random(0), kits["lora"].random(1)])
+
+
+# ---- the registry's declared parameters --------------------------------------------------------
+
+# values of the right type each parameter is tried with, accepted and rejected ones
+TRIALS = {
+    "over": ["all", "touching", "most"], "lam": [None, 0.5, 2], "weights": [[1.0, -0.5], [1, 2]],
+    "density": [0, 0.3, 1, 1.5, -0.1], "sign": ["total", "frequency", "majority"],
+    "trim_scope": ["tensor", "global", "layer"], "p": [0, 0.5, 0.99, 1, 1.2], "seed": [0, 7],
+    "anchor": ["largest", "medoid", "first", 0, 1, 2, -1, "a", "b", "zz"],
+    "features": ["in", "in+out", "out"], "metric": ["euclidean", "cosine", "l1"], "squared": [True, False],
+    "solver": ["emd", "sinkhorn", "lp"], "reg": [0.05, 1, 0, -1], "iterations": [1, 3, 0],
+    "point": ["pre", "post", "mid"], "calib": ["sources", "target", "both"],
+    "calib_examples": [1, 64, 0, -3], "max_tokens": [8, 0],
+}
+# wrong types, which the merge functions may coerce (float(True)) but a config must not pass
+WRONG_TYPES = {"over": [1], "lam": ["big", True], "weights": ["1,2", [1, "x"]], "density": ["half", True],
+               "p": ["x"], "seed": [1.5, "s", True], "anchor": [1.5, True], "squared": ["yes", 1],
+               "reg": ["x"], "iterations": [2.5, "two"], "calib_examples": [2.5, "8"], "max_tokens": ["many"]}
+
+
+def test_every_reduction_declares_the_parameters_its_function_takes():
+    import inspect
+
+    from mera.merge.methods import REDUCERS, REDUCTIONS
+
+    for name, reduction in REDUCTIONS.items():
+        assert reduction.params == tuple(list(inspect.signature(REDUCERS[name]).parameters)[1:]), name
+
+
+@pytest.mark.parametrize("method", ["mera-avg", "ta", "ties", "dare-linear", "dare-ties", "ot-ties", "mera-acts"])
+def test_declared_checks_accept_exactly_what_the_merge_accepts(method, kits):
+    """validate() reads declared rules and runs nothing; for every trial value it must agree
+    with the real merge of two adapters (calibration knobs, read by mera.calibrate, excepted)."""
+    from mera.merge.methods import CALIB_PARAMS
+
+    kit = kits["bottleneck"]
+    states = [kit.random(60), kit.random(61)]
+    for key in METHODS[method].params:
+        for value in TRIALS[key]:
+            try:
+                validate(method, {key: value}, names=["a", "b"])
+                declared = None
+            except MergeError as exc:
+                declared = str(exc)
+            if key in CALIB_PARAMS:
+                continue
+            extra = {"solver": "sinkhorn"} if key == "reg" else {}  # reg is read by sinkhorn alone
+            try:
+                merged, _ = merge(method, [dict(s) for s in states], activations=kit.acts, names=["a", "b"],
+                                  sizes=[2, 1], **{key: value}, **extra)
+                ran = None if all(torch.isfinite(v).all() for v in merged.values()) else "not finite"
+            except (MergeError, ValueError, TypeError) as exc:
+                ran = str(exc)
+            assert (declared is None) == (ran is None), (method, key, value, declared, ran)
+            if declared:
+                assert f"{key} " in declared and repr(value) in declared, declared
+        for value in WRONG_TYPES.get(key, []):
+            with pytest.raises(MergeError, match=f"{key} .*{re.escape(repr(value))}"):
+                validate(method, {key: value}, names=["a", "b"])
+    with pytest.raises(MergeError, match="unknown parameter"):
+        validate(method, {"bogus": 1})
+
+
+def test_calibration_knobs_are_checked_as_declared():
+    for key, good, bad in [("point", "post", "mid"), ("calib", "target", "both"), ("calib_examples", 8, 0),
+                           ("max_tokens", 64, "many")]:
+        validate("mera-acts", {key: good})
+        with pytest.raises(MergeError, match=f"{key} .*{bad!r}"):
+            validate("mera-acts", {key: bad})
 
 
 # ---- the command line ---------------------------------------------------------------------------

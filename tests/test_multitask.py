@@ -74,16 +74,16 @@ def test_a_head_trained_on_features_learns_them():
 def test_multitask_config_needs_no_fewshot_and_names_bad_values(tmp_path, shared_data):
     path = tmp_path / "mt.yaml"
     path.write_text(yaml.safe_dump(_config(tmp_path, shared_data)))
-    cfg = load_config(path, shallow=True)
+    cfg = load_config(path)
     assert cfg.fewshot.targets == [] and cfg.multitask.sizes == [2, 3]
-    assert load_config(path, {"multitask.kinds": ["sparse"]}, shallow=True).multitask.kinds == ["sparse"]
+    assert load_config(path, {"multitask.kinds": ["sparse"]}).multitask.kinds == ["sparse"]
     for override, words in [({"multitask.sizes": [2, 4]}, "sizes [2, 4]: a group of 4 tasks"),
                             ({"multitask.sizes": [1, 2]}, "at least 2 tasks"),
                             ({"multitask.kinds": ["bottleneck", "dense"]}, "dense"),
                             ({"multitask.methods": ["mera-wtz"]}, "mera-wts"),
                             ({"multitask.lr_by_kind": {"full": 1e-4}}, "not in multitask.kinds")]:
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
-            load_config(path, override, shallow=True)
+            load_config(path, override)
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_1b_runs_left_running_are_settled_by_their_manifest(sweep):
     from mera.configfile import load_config
     from mera.unit import settle_dead_runs, tracker
 
-    cfg = load_config(sweep.root / "sweep.yaml", {"paths.root": str(sweep.root)}, shallow=True)
+    cfg = load_config(sweep.root / "sweep.yaml", {"paths.root": str(sweep.root)})
     track = tracker(cfg)
     unit = next(iter(sweep.unit_dirs().values()))
     landed_run = json.loads((unit / "manifest.json").read_text())["mlflow_run_id"]
@@ -188,7 +188,7 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
     from mera.configfile import load_config
     from mera.unit import Unit, run_unit, tracker
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml", {"paths.root": str(tmp_path)}, shallow=True)
+    cfg = load_config(REPO / "configs" / "smoke.yaml", {"paths.root": str(tmp_path)})
     track = tracker(cfg)
     unit = Unit("fewshot", "sst2.adapter.k4.s13", {"probe": 1})
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mera.merge.methods import FEATURES, METRICS, SOLVERS
 from mera.merge.symmetry import DOWN, SYMMETRIES, hidden_size, modules, transport
 
 State = dict[str, torch.Tensor]
 Acts = dict[str, torch.Tensor]  # module prefix -> S x r unit activations
-METRICS = ("euclidean", "cosine")
-SOLVERS = ("emd", "sinkhorn")
-FEATURES = ("in", "in+out")
 
 
 def unit_features(module: State, features: str = "in") -> torch.Tensor:
@@ -82,6 +80,8 @@ def plan(cost: np.ndarray, solver: str = "emd", reg: float = 0.05) -> np.ndarray
     if solver == "emd":
         t = ot.emd(mu, nu, cost)
     elif solver == "sinkhorn":
+        if not reg > 0:
+            raise ValueError(f"reg must be a positive number, got {reg!r}")
         # log-domain iterations: stable down to the small reg that approaches exact OT
         t = ot.sinkhorn(mu, nu, cost / max(cost.max(), 1e-12), float(reg), method="sinkhorn_log", numItermax=10_000)
     else:

@@ -3,7 +3,7 @@
 Task vectors are taken against θ_0 = 0: independently initialised adapters share no
 pretrained value, so τ_i = θ_i, task arithmetic with λ = 1/N is Avg and with λ = 1 is Sum.
 Every reducer takes `list[state]` and returns a state; its keyword arguments are the
-method's parameters (the registry reads them from the signature).
+method's parameters (declared in mera.merge.methods.REDUCTIONS).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import zlib
 
 import torch
 
+from mera.merge.methods import AVG_OVER, SIGN_RULES, TRIM_SCOPES
+
 State = dict[str, torch.Tensor]
-SIGN_RULES = ("total", "frequency")
-TRIM_SCOPES = ("tensor", "global")
 
 
 def _stack(states: list[State], key: str) -> torch.Tensor:
@@ -24,9 +24,6 @@ def _stack(states: list[State], key: str) -> torch.Tensor:
 def reduce_sum(states: list[State]) -> State:
     """θ = Σ_i θ_i (MerA's Sum)."""
     return {k: _stack(states, k).sum(0) for k in states[0]}
-
-
-AVG_OVER = ("all", "touching")
 
 
 def reduce_avg(states: list[State], over: str = "all") -> State:
@@ -172,12 +169,3 @@ def dare_ties(states: list[State], p: float = 0.5, sign: str = "total", lam: flo
     """DARE then TIES' sign election and disjoint mean (no magnitude trim: DARE did the sparsifying)."""
     return _sign_merge(drop_all(states, p, seed), sign, float(lam))
 
-
-REDUCERS = {
-    "sum": reduce_sum,
-    "avg": reduce_avg,
-    "ta": task_arithmetic,
-    "ties": ties,
-    "dare-linear": dare_linear,
-    "dare-ties": dare_ties,
-}

@@ -7,12 +7,12 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
+from mera.inits import INITS
 from mera.report.tables import init_label
 
 MERA = ("mera-wts", "mera-acts")  # the OT merges the questions are asked about
 NAIVE = ("mera-avg", "mera-sum")
-UNGROUPED_BASELINES = ("adapter", "head", "full")
-GROUPED_BASELINES = ("fusion", "best-source")
+BASELINES = [k for k in INITS.values() if k.baseline]
 
 
 def by_pair(results: list[dict], metric: str = "accuracy") -> dict[str, dict[tuple, float]]:
@@ -81,10 +81,8 @@ def comparisons(results: list[dict]) -> dict[str, list[dict]]:
         add("same_vs_cross", f"{init} [same-track]", f"{init} [cross-track]")
     for g in groups:
         for m in MERA:
-            for base in GROUPED_BASELINES:
-                add("mera_vs_baselines", f"{m} [{g}]", f"{base} [{g}]")
-            for base in UNGROUPED_BASELINES:
-                add("mera_vs_baselines", f"{m} [{g}]", base)
+            for base in BASELINES:
+                add("mera_vs_baselines", f"{m} [{g}]", f"{base.name} [{g}]" if base.grouped else base.name)
     return out
 
 

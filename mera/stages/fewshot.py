@@ -17,14 +17,10 @@ INIT_VERSION = 2  # bump when what an init trains changes: it enters every fine-
 
 def settings(cfg: SweepConfig, init: Init) -> dict:
     """The few-shot settings that apply to `init` (its lr, not every init's)."""
-    f = cfg.fewshot
-    out = {"epochs": f.epochs, "min_steps": f.min_steps, "batch_size": f.batch_size, "lr": f.lr_for(init.kind),
-           "weight_decay": f.weight_decay_full if init.kind == "full" else 0.0, "init_version": INIT_VERSION}
-    if init.kind == "best-source":
-        out["dev_k"] = f.dev_k
-    if init.kind == "fusion":
-        out["fusion_reg"] = f.fusion_reg
-    return out
+    f, spec = cfg.fewshot, init.spec
+    return {"epochs": f.epochs, "min_steps": f.min_steps, "batch_size": f.batch_size, "lr": f.lr_for(init.kind),
+            "weight_decay": f.weight_decay_full if spec.weight_decay else 0.0, "init_version": INIT_VERSION,
+            **{k: getattr(f, k) for k in spec.settings}}
 
 
 def unit(cfg: SweepConfig, node: Node, ups: list[dict]) -> Unit:
@@ -54,7 +50,7 @@ def run(cfg: SweepConfig, node: Node, ups: list[dict], parent_id: str | None = N
         train_split = data.load_split(cfg.data_dir(), spec, "train")
         train_df = data.sample_k_shot(train_split, shots, seed, spec.num_labels)
         dev_df = data.sample_dev(train_split, shots, seed, spec.num_labels, f.dev_k or shots) \
-            if init.kind == "best-source" else None
+            if "dev_k" in init.spec.settings else None
         rt = runtime(cfg)
         st = start(cfg, init, spec.num_labels, seed, upstream, train_df, dev_df)
         stats = train(st.model, st.tokenizer, train_df,

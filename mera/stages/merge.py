@@ -35,8 +35,9 @@ def merge_members(cfg: SweepConfig, target: str, method: str, params: dict, memb
     """Read the members' adapters (results of pretrain, in order) and merge them with
     `method`, calibrating ot-acts methods on the sources' (or target's) inputs. Returns
     (the first adapter's config, merged tensors, diagnostics, the resolved anchor)."""
-    from mera.merge import get_method, resolve_anchor
-    from mera.merge import merge as merge_states
+    from mera.merge import get_method
+    from mera.merge.core import merge as merge_states
+    from mera.merge.core import resolve_anchor
     from mera.models import read_adapter
 
     names = [r["task"] for r in members]
@@ -52,7 +53,7 @@ def merge_members(cfg: SweepConfig, target: str, method: str, params: dict, memb
 
 
 def run(cfg: SweepConfig, node: Node, ups: list[dict], parent_id: str | None = None) -> dict:
-    from mera.merge import mean_costs
+    from mera.merge.core import mean_costs
 
     target, group, method = node.args["target"], node.args["group"], node.args["method"]
     params = dict(cfg.merge.params.get(method, {}))
