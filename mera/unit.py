@@ -112,23 +112,21 @@ def lineage(results: list[dict]) -> list[str]:
     return sorted(f"{r['key']}:{r['content']}" for r in results)
 
 
-FAULT_ENV = "MERA_FAULT"  # "<unit name prefix>:<attempts>[:config]": fail those attempts (resilience tests)
+FAULT_ENV = "MERA_FAULT"  # "<unit name prefix>:<attempts>[:config]", comma-separated: fail those attempts (tests)
 _faults: dict[str, int] = {}
 
 
 def _injected_fault(unit: Unit) -> None:
     """Fail the first attempts of a unit on purpose when MERA_FAULT names it: a transient
     error (retried) by default, or a config error (never retried)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    prefix, times, kind = (spec.split(":") + ["1", "transient"])[:3]
-    if not unit.readable.startswith(prefix) or _faults.get(unit.key, 0) >= int(times):
-        return
-    _faults[unit.key] = _faults.get(unit.key, 0) + 1
-    if kind == "config":
-        raise ConfigError(f"injected config error in {unit.readable} ({FAULT_ENV})")
-    raise RuntimeError(f"injected transient failure {_faults[unit.key]}/{times} in {unit.readable} ({FAULT_ENV})")
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        prefix, times, kind = (spec.split(":") + ["1", "transient"])[:3]
+        if not unit.readable.startswith(prefix) or _faults.get(unit.key, 0) >= int(times):
+            continue
+        _faults[unit.key] = _faults.get(unit.key, 0) + 1
+        if kind == "config":
+            raise ConfigError(f"injected config error in {unit.readable} ({FAULT_ENV})")
+        raise RuntimeError(f"injected transient failure {_faults[unit.key]}/{times} in {unit.readable} ({FAULT_ENV})")
 
 
 @contextmanager

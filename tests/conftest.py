@@ -48,3 +48,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# the in-process tests' one tiny project: sources imdb, mr (sentiment) and qnli (nli) for
+# target sst2, 16 examples each, one K and seed; a test overrides what it is about
+TINY = {"data.max_eval": 16, "model.max_length": 32, "pretrain.tasks": ["imdb", "mr", "qnli"],
+        "pretrain.max_examples": 16, "merge.params": {}, "fewshot.targets": ["sst2"], "fewshot.shots": [2],
+        "fewshot.seeds": [13], "fewshot.epochs": 1, "fewshot.min_steps": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny(shared_data, tmp_path_factory):
+    """Configs of the shared tiny project: `tiny(overrides)`. Units are keyed by what they
+    compute, so the tests that share the folder share the units they have in common (the
+    imported data, the prepared tasks, the adapters of equal settings)."""
+    from mera.configfile import load_config
+
+    root = tmp_path_factory.mktemp("tiny")
+
+    def config(overrides: dict | None = None):
+        return load_config(REPO / "configs" / "smoke.yaml",
+                           {"paths.root": str(root), "data.source": str(shared_data), **TINY, **(overrides or {})})
+
+    return config

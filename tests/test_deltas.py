@@ -132,19 +132,13 @@ def test_ot_alignment_is_refused_for_deltas():
         merge("mera-wts", [a, b])
 
 
-def test_a_sweep_pretrains_sparse_sources_and_merges_them(shared_data, tmp_path):
+def test_a_sweep_pretrains_sparse_sources_and_merges_them(tiny):
     """The pretrain and merge units with model.adapter: sparse (no Prefect: test_flow covers it)."""
     from mera import plan, stages
-    from mera.configfile import load_config
     from mera.stages.prepare import import_data
-    from tests.conftest import REPO
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml", {
-        "paths.root": str(tmp_path), "data.source": str(shared_data), "data.max_eval": 16, "model.max_length": 32,
-        "model.adapter": "sparse", "model.density": 0.002, "pretrain.tasks": ["imdb", "mr"],
-        "pretrain.max_examples": 16,
-        "merge.groups": ["same-track"], "merge.methods": ["mera-avg", "ties"], "merge.params": {},
-        "fewshot.targets": ["sst2"], "fewshot.inits": ["head"]})
+    cfg = tiny({"model.adapter": "sparse", "model.density": 0.002, "pretrain.tasks": ["imdb", "mr"],
+                "merge.groups": ["same-track"], "merge.methods": ["mera-avg", "ties"], "fewshot.inits": ["head"]})
     import_data(cfg)
     nodes = [n for n in plan.build(cfg) if n.stage in ("prepare", "pretrain")]
     out = stages.run_all(cfg, nodes)

@@ -195,7 +195,7 @@ def test_mera_run_leaves_nothing_running(tmp_path, shared_data):
         assert con.execute("pragma journal_mode").fetchone() == ("wal",)  # mera.tracking._write_ahead_log
 
 
-# a command that loads a config (which imports torch), then one large tensor
+# a command that loads a config, then one large tensor
 _THP_CHILD = """
 import sys
 from flows.cli import main
@@ -217,8 +217,8 @@ def _huge_kb(tmp_path, env: dict) -> int:
 
 
 def test_mera_backs_large_tensors_with_huge_pages_unless_the_user_says_no(tmp_path):
-    """torch reads THP_MEM_ALLOC_ENABLE once, when it is imported: `mera` sets it before the
-    config (whose checks import torch) is loaded, and keeps a user's own value."""
+    """torch reads THP_MEM_ALLOC_ENABLE once, when it is imported: `mera` sets it before any
+    command runs, and keeps a user's own value."""
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     setting = thp.read_text() if thp.is_file() else "[never]"

@@ -16,19 +16,13 @@ from tests.conftest import REPO
 INITS = ["head", "full", "adapter", "adapter-from:imdb", "best-source", "fusion", "mera-avg", "frozen:mera-avg"]
 
 
-def tiny(root, shared_data):
-    return load_config(REPO / "configs" / "smoke.yaml", {
-        "paths.root": str(root), "data.source": str(shared_data), "data.max_eval": 16, "model.max_length": 32,
-        "pretrain.tasks": ["imdb", "mr", "qnli"], "pretrain.max_examples": 16,
-        "merge.groups": ["same-track", "cross-track"],
-        "merge.methods": ["mera-avg"], "merge.params": {}, "fewshot.targets": ["sst2"], "fewshot.inits": INITS,
-        "fewshot.shots": [2], "fewshot.seeds": [13], "fewshot.epochs": 1, "fewshot.min_steps": 2})
+EVERY_INIT = {"merge.groups": ["same-track", "cross-track"], "merge.methods": ["mera-avg"], "fewshot.inits": INITS}
 
 
 @pytest.fixture(scope="module")
-def sweep(shared_data, tmp_path_factory):
-    """Sources imdb, mr (sentiment) and qnli (nli) pretrained and merged for target sst2."""
-    cfg = tiny(tmp_path_factory.mktemp("inits"), shared_data)
+def sweep(tiny):
+    """The tiny project's sources pretrained and merged for sst2, and a fine-tune per init."""
+    cfg = tiny(EVERY_INIT)
     import_data(cfg)
     nodes = plan.build(cfg)
     out = stages.run_all(cfg, nodes)
@@ -90,7 +84,7 @@ def _spec(cfg, task):
     return read_task(cfg.data_dir(), task)
 
 
-def test_best_source_never_reads_the_validation_split(sweep, tmp_path):
+def test_best_source_never_reads_the_validation_split(sweep, tiny, tmp_path):
     """The choice and its dev scores are the same when sst2's validation split is replaced by
     other rows with other labels; the dev sample is disjoint from the training sample."""
     cfg, preps, adapters, results = sweep
@@ -102,7 +96,7 @@ def test_best_source_never_reads_the_validation_split(sweep, tmp_path):
     dev_df = data.sample_dev(split, 2, 13, 2, 2)
     assert len(dev_df) == 4 and not set(dev_df["sentence1"]) & set(train_df["sentence1"])
 
-    other = tiny(tmp_path, cfg.data.source)
+    other = tiny({**EVERY_INIT, "paths.root": str(tmp_path)})
     shutil.copytree(cfg.data_dir(), other.data_dir())
     val = other.data_dir() / "sst2" / "validation.parquet"
     swapped = data.load_split(cfg.data_dir(), spec, "train").tail(40).copy()
@@ -162,7 +156,7 @@ def test_a_unit_is_keyed_by_the_content_of_its_inputs(sweep):
     assert stages.unit(cfg, node, retrained).key != key
 
 
-def test_each_init_kind_is_its_registry_entry(shared_data, tmp_path):
+def test_each_init_kind_is_its_registry_entry(tiny):
     """The sweep above covers every registered kind; the plan starts each from what its entry
     says, its key holds the settings its entry names, and its builder takes the common call."""
     import inspect
@@ -171,7 +165,7 @@ def test_each_init_kind_is_its_registry_entry(shared_data, tmp_path):
     from mera.registry import load
     from mera.stages.fewshot import settings
 
-    cfg = tiny(tmp_path, shared_data)
+    cfg = tiny(EVERY_INIT)
     assert {cfg.init(n).kind for n in INITS} == set(REGISTRY)  # a new entry joins INITS above
     expected = {"none": set(), "source": {"pretrain"}, "merge": {"merge"}, "members": {"pretrain"}}
     for node in (n for n in plan.build(cfg) if n.stage == "fewshot"):

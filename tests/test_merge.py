@@ -417,9 +417,9 @@ def test_calibration_knobs_are_checked_as_declared():
 # ---- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["mera-wts", "mera-acts", "ties"])
-def test_mera_merge_cli_writes_an_adapter_the_library_loads(method, kits, shared_data, tmp_path):
-    import subprocess
-    import sys
+def test_mera_merge_cli_writes_an_adapter_the_library_loads(method, kits, shared_data, tmp_path, capsys):
+    """`mera merge` as the console script runs it (its main, in this process: the model is loaded once)."""
+    from flows.cli import main
 
     kit = kits["houlsby"]
     a = kit.random(40)
@@ -430,11 +430,10 @@ def test_mera_merge_cli_writes_an_adapter_the_library_loads(method, kits, shared
         dirs += ["--adapter", str(tmp_path / f"src{i}")]
     out = tmp_path / "merged"
     params = {"mera-wts": ["anchor=0"], "mera-acts": ["anchor=0", "calib_examples=8"], "ties": ["density=0.5"]}[method]
-    cmd = [sys.executable, "-m", "flows.cli", "merge", *dirs, "--method", method, "--out", str(out),
-           "--data-dir", str(shared_data), "--calib", "sst2", *[x for p in params for x in ("--param", p)]]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"merged 3 adapter(s) with {method}" in done.stdout
+    cmd = ["merge", *dirs, "--method", method, "--out", str(out), "--data-dir", str(shared_data), "--calib", "sst2",
+           *[x for p in params for x in ("--param", p)]]
+    assert main(cmd) == 0
+    assert f"merged 3 adapter(s) with {method}" in capsys.readouterr().out
     expected, _ = _merge(kit, method, [a, permute(a, kit.perms(a, 41)[0]), kit.random(42)],
                          **({"density": 0.5} if method == "ties" else {"anchor": 0}))
     kit.model.load_adapter(str(out), load_as="cli", set_active=True)
@@ -448,8 +447,9 @@ def test_mera_merge_cli_writes_an_adapter_the_library_loads(method, kits, shared
         kit.model.delete_adapter("cli")
         kit.model.set_active_adapters(ADAPTER)
     assert (out / "diagnostics.json").is_file()
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "exists and is not empty" in again.stderr and "Traceback" not in again.stderr
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mera: error:") and "exists and is not empty" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("args", [["merge", "--list"], ["merge", "--help"]])

@@ -25,15 +25,16 @@ from tests.conftest import REPO
 POOL = ["mr", "rte", "sst2"]
 
 
+PRETRAIN = {"tasks": POOL, "max_examples": 48, "epochs": 1, "batch_size": 16, "lr": 3e-3}
+MULTITASK = {"kinds": ["bottleneck", "lora", "sparse"], "methods": ["mera-avg", "mera-wts", "ties"], "sizes": [2, 3],
+             "heldout_shots": 4, "heldout_seeds": [13], "head_steps": 30, "lr_by_kind": {"sparse": 2e-3}}
+
+
 def _config(root, shared_data, **multitask) -> dict:
     return {
         "name": "mt-test", "model": {"max_length": 32},
         "data": {"source": str(shared_data), "max_eval": 24},
-        "pretrain": {"tasks": POOL, "max_examples": 48, "epochs": 1, "batch_size": 16, "lr": 3e-3},
-        "multitask": {"kinds": ["bottleneck", "lora", "sparse"], "methods": ["mera-avg", "mera-wts", "ties"],
-                      "sizes": [2, 3], "heldout_shots": 4, "heldout_seeds": [13], "head_steps": 30,
-                      "lr_by_kind": {"sparse": 2e-3}, **multitask},
-        "paths": {"root": str(root)},
+        "pretrain": PRETRAIN, "multitask": {**MULTITASK, **multitask}, "paths": {"root": str(root)},
     }
 
 
@@ -87,12 +88,11 @@ def test_multitask_config_needs_no_fewshot_and_names_bad_values(tmp_path, shared
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory, shared_data):
-    """The pool's adapters of every kind, pretrained through the plan's units (no orchestrator)."""
-    root = tmp_path_factory.mktemp("mt-units")
-    path = root / "mt.yaml"
-    path.write_text(yaml.safe_dump(_config(root, shared_data)))
-    cfg = load_config(path)
+def pool(tiny):
+    """The pool's adapters of every kind in the tiny project, pretrained through the plan's
+    units (no orchestrator)."""
+    cfg = tiny({"name": "mt-test", "data.max_eval": 24, "multitask": MULTITASK,
+                **{f"pretrain.{k}": v for k, v in PRETRAIN.items()}})
     with untracked():
         import_data(cfg)
         nodes = [n for n in plan.build(cfg) if n.stage in ("prepare", "pretrain")]
@@ -133,6 +133,7 @@ def test_a_merged_group_is_evaluated_with_each_tasks_own_head(pool):
         assert r["n_eval"] == 24
 
 
+@pytest.mark.slow
 def test_a_multitask_sweep_runs_through_the_cli_and_reports(tmp_path, shared_data):
     raw = _config(tmp_path, shared_data, kinds=["bottleneck", "sparse"], methods=["mera-avg", "mera-wts"])
     (tmp_path / "mt.yaml").write_text(yaml.safe_dump(raw))

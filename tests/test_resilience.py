@@ -142,30 +142,27 @@ def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
     assert len(sweep.runs()) == runs_before + 2
 
 
-def test_3_a_transient_failure_is_retried_and_succeeds(sweep):
-    target = sorted(sweep.unit_dirs())[2]
-    key = _key(sweep.unit_dirs()[target])
-    shutil.rmtree(sweep.unit_dirs()[target])
-    prefix = target.rsplit("-", 1)[0]
-    earlier = len([r for r in sweep.runs() if r[0] == key])
-    again = sweep.run({"MERA_FAULT": f"{prefix}:1"})
-    assert again.returncode == 0, again.stderr[-3000:]
-    attempts = sorted((int(a), status) for k, status, a in sweep.runs() if k == key)
-    assert attempts[earlier:] == [(earlier + 1, "FAILED"), (earlier + 2, "FINISHED")]  # retried once, then done
-
-
-def test_4_a_config_error_is_not_retried_and_the_sweep_goes_on(sweep):
-    target = sorted(sweep.unit_dirs())[3]
-    key = _key(sweep.unit_dirs()[target])
-    shutil.rmtree(sweep.unit_dirs()[target])
-    prefix = target.rsplit("-", 1)[0]
-    runs_before = sorted(int(a) for k, _, a in sweep.runs() if k == key)
-    again = sweep.run({"MERA_FAULT": f"{prefix}:5:config"})
+def test_3_a_transient_failure_is_retried_and_a_config_error_is_not_and_the_sweep_goes_on(sweep):
+    """One run, two units failing on purpose: a transient error is retried once and the unit
+    finishes; a config error fails its unit at once, the others finish, the run exits 1."""
+    names = sorted(sweep.unit_dirs())
+    transient, config = names[2], names[3]
+    keys = {name: _key(sweep.unit_dirs()[name]) for name in (transient, config)}
+    earlier = {name: len([r for r in sweep.runs() if r[0] == key]) for name, key in keys.items()}
+    for name in keys:
+        shutil.rmtree(sweep.unit_dirs()[name])
+    faults = f"{transient.rsplit('-', 1)[0]}:1,{config.rsplit('-', 1)[0]}:5:config"
+    again = sweep.run({"MERA_FAULT": faults})
     assert again.returncode == 1
     assert "1 unit(s) failed" in again.stderr and "injected config error" in again.stderr
     assert "Traceback" not in again.stderr
-    new = sorted((int(a), status) for k, status, a in sweep.runs() if k == key)[len(runs_before):]
-    assert [status for _, status in new] == ["FAILED"]  # one attempt: a user's mistake is not retried
+
+    def new_attempts(name):
+        return sorted((int(a), status) for k, status, a in sweep.runs() if k == keys[name])[earlier[name]:]
+
+    n = earlier[transient]
+    assert new_attempts(transient) == [(n + 1, "FAILED"), (n + 2, "FINISHED")]  # retried once, then done
+    assert [status for _, status in new_attempts(config)] == ["FAILED"]  # a user's mistake is not retried
     report = (sweep.root / "reports" / "smoke" / "report.md").read_text()
     assert "1 failed: ConfigError: injected config error" in report
     metrics = json.loads((sweep.root / "results" / "metrics.json").read_text())
@@ -224,7 +221,7 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
     assert attempts() == [(1, "FINISHED"), (1, "KILLED"), (3, "FINISHED")]
 
 
-def test_5_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlflow(sweep):
+def test_4_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlflow(sweep):
     """One source adapter's weights corrupted: status names it, the run says it redoes it and
     retrains exactly that adapter; its downstream units are keyed by its content, so they stay
     valid when the retrained weights are the same bytes and are redone when they are not
