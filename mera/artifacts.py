@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+ADAPTER_SUBDIR = "adapter"  # where a unit keeps its adapter (adapters-library or delta format)
 
 try:
     PACKAGE_VERSION = version("mera-bench")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.inits import Init
 from mera.registry import load
-from mera.stages.common import ADAPTER_SUBDIR
 
 
 @dataclass

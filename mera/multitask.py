@@ -116,8 +116,9 @@ def evaluate_pool(cfg, kind: str, model, tok, members: list[str], pool: list[dic
     """The merged model on every task of the pool (pretrain results of one kind): a task of
     the group with its own head, a held-out one with a K-shot head per heldout seed."""
     from mera import data
+    from mera.artifacts import ADAPTER_SUBDIR
     from mera.evaluate import features
-    from mera.stages.common import ADAPTER_SUBDIR, EVAL_SEED, eval_tokens
+    from mera.stages.common import EVAL_SEED, eval_tokens
     from mera.tasks import read_task
     from mera.tokens import encode
 

@@ -166,6 +166,13 @@ class UnitRun:
     def metrics(self, values: dict[str, float]) -> None:
         self.tracker.metrics(self.run_id, values)
 
+    def model(self, adapter_dir: Path, max_length: int, tags: dict) -> str:
+        """The adapter as the run's MLflow model (mera.mlmodel): runs:/<run id>/model loads it."""
+        from mera import mlmodel
+
+        return _retry(mlmodel.log, self.tracker.client, self.tracker.experiment_id(), self.run_id, adapter_dir,
+                      max_length, tags)
+
     def artifacts(self, directory: Path, under: str | None = None) -> None:
         """Written to the run's artifact location (known since the run was created) by the
         store's artifact repository, as the client's log_artifacts does after first reading

@@ -173,6 +173,9 @@ def run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, wo
                 if run is not None:  # logged before the manifest becomes visible: a finished unit's run is complete
                     run.metrics({**metrics, "seconds": manifest["seconds"]})
                     run.artifacts(tmp)  # the adapter (adapters-library format), manifest and diagnostics
+                    adapter = tmp / artifacts.ADAPTER_SUBDIR
+                    if (adapter / "adapter_config.json").is_file():  # an adapter, not a delta or a head alone
+                        run.model(adapter, cfg.model.max_length, {"mera.key": unit.key, **tags})
     except Exception as exc:  # remembered for `mera status`; the exception goes on to the orchestrator
         failure.parent.mkdir(parents=True, exist_ok=True)
         failure.write_text(json.dumps({"unit": unit.readable, "key": unit.key, "error": f"{type(exc).__name__}: {exc}",

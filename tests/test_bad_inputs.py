@@ -311,9 +311,9 @@ def test_a_second_run_of_a_sweep_exits_clearly(project):
 @pytest.mark.parametrize("workers", [1, 2])  # one thread; two worker processes (the runner several workers get)
 def test_sigint_stops_cleanly_and_the_sweep_resumes(project, workers):
     root, _, cfg = project
-    # 12 fine-tunes after the first adapter: the interrupt lands while there is work left
+    # 8 fine-tunes after the first adapter: the interrupt lands while there is work left
     # (with ok.yaml's 2 the sweep could end before the signal did)
-    long = set_key(set_key(cfg, "fewshot.seeds", [13, 21, 42, 87, 100, 7]), "run.workers", workers)
+    long = set_key(set_key(cfg, "fewshot.seeds", [13, 21, 42, 87]), "run.workers", workers)
     config = write_config(root, long, "long.yaml")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
@@ -327,8 +327,8 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes(project, workers):
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
     state = store_state(root)
     assert state["units"] and not state["tmp"]  # completed units only, no half-written directory
-    assert len([u for u in state["units"] if u.startswith("fewshot/")]) < 12  # it stopped part-way
+    assert len([u for u in state["units"] if u.startswith("fewshot/")]) < 8  # it stopped part-way
     done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", config], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len([u for u in store_state(root)["units"] if u.startswith("fewshot/")]) == 12
+    assert len([u for u in store_state(root)["units"] if u.startswith("fewshot/")]) == 8

@@ -143,6 +143,34 @@ def test_saved_adapters_name_the_tasks_labels_and_the_model_not_a_path(cfg, firs
     assert {c.parts[-4] for c in configs} == {"pretrain", "merge", "fewshot"}
 
 
+def test_every_saved_adapter_is_an_mlflow_model_that_loads_from_its_run_uri(cfg, first):
+    """The runs that keep an adapter list it as their logged model (the UI's Models column),
+    and `mlflow.pyfunc.load_model("runs:/<id>/model")` predicts with it: a fine-tune's label
+    names, as accurate as its run says; a merge's (headless) [CLS] features."""
+    import mlflow
+
+    from mera import data
+    from mera.stages.common import EVAL_SEED
+    from mera.tasks import read_task
+    from mera.unit import tracker
+
+    runs = child_runs(cfg, first["parent_run_id"])
+    kept = [r for r in runs if r.data.tags["mera.stage"] in ("pretrain", "merge", "fewshot")]
+    assert kept and all(len(r.outputs.model_outputs) == 1 for r in kept)
+    mlflow.set_tracking_uri(tracker(cfg).uri)
+    tune = next(r for r in kept if r.data.tags["mera.stage"] == "fewshot" and r.data.tags["target"] == "sst2")
+    spec = read_task(cfg.data_dir(), "sst2")
+    rows = data.cap(data.load_split(cfg.data_dir(), spec, "validation"), cfg.data.max_eval, EVAL_SEED)
+    model = mlflow.pyfunc.load_model(f"runs:/{tune.info.run_id}/model")
+    predicted = list(model.predict(rows[["sentence1", "sentence2"]]))
+    assert set(predicted) <= set(spec.label_names)
+    correct = sum(p == spec.label_names[y] for p, y in zip(predicted, rows["label"]))
+    assert abs(correct / len(rows) - tune.data.metrics["accuracy"]) <= 1 / len(rows)  # a near tie may flip
+    merge = next(r for r in kept if r.data.tags["mera.stage"] == "merge")
+    feats = mlflow.pyfunc.load_model(f"runs:/{merge.info.run_id}/model").predict(rows.head(3)[["sentence1"]])
+    assert feats.shape == (3, 384)
+
+
 def test_merge_groups_leave_the_target_out(cfg, first):
     dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merge/*/manifest.json")]
     assert len(dirs) == STAGE_COUNTS["merge"]

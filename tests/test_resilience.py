@@ -33,6 +33,9 @@ class Sweep:
         cfg["merge"].update(groups=["all"], methods=["mera-avg"], params={})
         cfg["fewshot"].update(targets=["sst2", "rte"], inits=["adapter", "mera-avg"], shots=[4], seeds=[13, 21, 42],
                               epochs=2, min_steps=6)
+        # the thread runner: the process runner's interrupts and results are tested by
+        # test_bad_inputs (SIGINT) and test_determinism; this file is about lineage and retries
+        cfg["run"] = {"workers": 1}
         (root / "sweep.yaml").write_text(yaml.safe_dump(cfg))
         self.env = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -172,11 +175,7 @@ def test_3_a_transient_failure_is_retried_and_a_config_error_is_not_and_the_swee
                             env=sweep.env, capture_output=True, text=True, timeout=300)
     fewshot_line = next(ln for ln in status.stdout.splitlines() if ln.strip().startswith("fewshot"))
     assert fewshot_line.split()[1:] == [str(N_FEWSHOT - 1), "done", "1", "missing", "1", "failed"]
-    assert "injected config error" in status.stdout
-
-    healed = sweep.run()  # the mistake fixed (no fault any more): the same command completes it
-    assert healed.returncode == 0, healed.stderr[-3000:]
-    assert len(sweep.unit_dirs()) == N_FEWSHOT
+    assert "injected config error" in status.stdout  # the next run, without the fault, completes it (test_4)
 
 
 def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(tmp_path):
@@ -223,9 +222,10 @@ def test_attempts_are_counted_per_unit_and_a_run_left_running_is_closed_killed(t
 
 def test_4_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlflow(sweep):
     """One source adapter's weights corrupted: status names it, the run says it redoes it and
-    retrains exactly that adapter; its downstream units are keyed by its content, so they stay
-    valid when the retrained weights are the same bytes and are redone when they are not
-    (tests/test_inits.py checks the keying); MLflow keeps one FINISHED run per key."""
+    retrains exactly that adapter (and completes the fine-tune test_3 left failed); its
+    downstream units are keyed by its content, so they stay valid when the retrained weights
+    are the same bytes and are redone when they are not (tests/test_inits.py checks the
+    keying); MLflow keeps one FINISHED run per key."""
     stamp = {stage: {n: (d / "manifest.json").stat().st_mtime_ns for n, d in sweep.unit_dirs(stage).items()}
              for stage in ("pretrain", "merge", "fewshot")}
     name = sorted(stamp["pretrain"])[0]
@@ -249,7 +249,9 @@ def test_4_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlfl
     assert {n for n in after["pretrain"] if after["pretrain"][n] != stamp["pretrain"].get(n)} == {name}
     new = json.loads((unit / "manifest.json").read_text())
     assert new["files"] == old["files"]  # retrained to the same bytes (seeded, one process per unit) ...
-    assert after["merge"] == stamp["merge"] and after["fewshot"] == stamp["fewshot"]  # ... so nothing downstream
+    assert after["merge"] == stamp["merge"]  # ... so nothing downstream is redone
+    assert {n: t for n, t in after["fewshot"].items() if n in stamp["fewshot"]} == stamp["fewshot"]
+    assert len(stamp["fewshot"]) == N_FEWSHOT - 1 and len(after["fewshot"]) == N_FEWSHOT  # the failed one, done
 
     with sqlite3.connect(sweep.root / "mlruns" / "mlflow.db") as con:
         twice = con.execute(

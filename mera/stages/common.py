@@ -5,7 +5,6 @@ from __future__ import annotations
 from mera import data
 from mera.config import SweepConfig
 
-ADAPTER_SUBDIR = "adapter"
 EVAL_SEED = 0  # the validation cap draws the same examples for every run
 
 

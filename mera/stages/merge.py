@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.plan import Node
-from mera.stages.common import ADAPTER_SUBDIR
 from mera.unit import Unit, lineage, run_unit
 
 

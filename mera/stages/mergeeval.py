@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.plan import Node
-from mera.stages.common import ADAPTER_SUBDIR, runtime
+from mera.stages.common import runtime
 from mera.unit import Unit, lineage, run_unit
 
 VERSION = 1  # bump when what a merge-eval measures changes: it enters its key

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mera import data
+from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.plan import Node, pretrain_config
-from mera.stages.common import ADAPTER_SUBDIR, runtime, validation_scores
+from mera.stages.common import runtime, validation_scores
 from mera.tasks import read_task
 from mera.unit import Unit, run_unit
 
