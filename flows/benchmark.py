@@ -81,6 +81,8 @@ def benchmark(config: dict, until: str = "report") -> dict:
 
             track.metrics(parent, summary_metrics(fewshots))  # the sweep's run shows its headline numbers
         out["timings"] = timings
+        track.link_units(parent, {n.id: r["mlflow_run_id"] for n in nodes
+                                  if (r := results.get(n.id)) and r.get("mlflow_run_id")})
     except BaseException as exc:
         track.end(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise

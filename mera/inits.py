@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 from mera.registry import Registry, did_you_mean
 
-UPSTREAMS = ("none", "source", "merge", "members")
-
 
 @dataclass(frozen=True)
 class InitKind:

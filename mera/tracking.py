@@ -7,6 +7,7 @@ threads, processes and cluster workers (MLflow's active run is thread-local).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,6 +104,18 @@ class Tracker:
         self._log(run.info.run_id, params, {})
         return run.info.run_id
 
+    def link_units(self, parent_id: str, units: dict[str, str]) -> int:
+        """Record on the sweep's run which unit run made each result (units.json) and tag how
+        many came from earlier sweeps' runs, reused rather than run under this one."""
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        own = {r.info.run_id for r in _retry(self.client.search_runs, [self.experiment_id()], filter_string=query,
+                                              max_results=50_000)}
+        linked = {unit: {"run_id": run_id, "reused": run_id not in own} for unit, run_id in sorted(units.items())}
+        reused = sum(v["reused"] for v in linked.values())
+        _retry(self.client.log_dict, parent_id, linked, "units.json")
+        self.tag(parent_id, "mera.reused_units", str(reused))
+        return reused
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         _retry(self.client.set_terminated, run_id, status=status)
 
@@ -165,6 +178,17 @@ class UnitRun:
 
     def metrics(self, values: dict[str, float]) -> None:
         self.tracker.metrics(self.run_id, values)
+
+    def datasets(self, inputs: list[dict], data_dir: Path) -> None:
+        """What the unit read, as the run's dataset inputs (the UI's Datasets column): one per
+        task split, named `<task>.<split>`, digested by the task's content hash."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        _retry(self.tracker.client.log_inputs, self.run_id, [DatasetInput(
+            Dataset(f"{i['task']}.{i['split']}", i["hash"][:36], "local",
+                    json.dumps({"uri": str(Path(data_dir) / i["task"] / f"{i['split']}.parquet")}),
+                    profile=json.dumps({"num_rows": i["rows"]})),
+            [InputTag("mlflow.data.context", i["context"])]) for i in inputs])
 
     def model(self, adapter_dir: Path, max_length: int, tags: dict) -> str:
         """The adapter as the run's MLflow model (mera.mlmodel): runs:/<run id>/model loads it."""

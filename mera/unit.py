@@ -173,6 +173,8 @@ def run_unit(cfg: SweepConfig, unit: Unit, parent_id: str | None, tags: dict, wo
                 if run is not None:  # logged before the manifest becomes visible: a finished unit's run is complete
                     run.metrics({**metrics, "seconds": manifest["seconds"]})
                     run.artifacts(tmp)  # the adapter (adapters-library format), manifest and diagnostics
+                    if manifest.get("inputs"):
+                        run.datasets(manifest["inputs"], cfg.data_dir())
                     adapter = tmp / artifacts.ADAPTER_SUBDIR
                     if (adapter / "adapter_config.json").is_file():  # an adapter, not a delta or a head alone
                         run.model(adapter, cfg.model.max_length, {"mera.key": unit.key, **tags})

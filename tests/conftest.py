@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,35 @@ def tiny(shared_data, tmp_path_factory):
                            {"paths.root": str(root), "data.source": str(shared_data), **TINY, **(overrides or {})})
 
     return config
+
+
+@contextmanager
+def mera_ui(root: Path, config: Path = REPO / "configs" / "smoke.yaml"):
+    """`mera ui` on the project at root, as a person starts it; yields its URL once it answers
+    and ends it (SIGTERM) afterwards."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "ui.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--config", str(config), "--set",
+                                 f"paths.root={root}", "--port", str(port)], cwd=root, stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (root / "ui.log").read_text()[-3000:]
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)

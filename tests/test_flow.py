@@ -171,6 +171,52 @@ def test_every_saved_adapter_is_an_mlflow_model_that_loads_from_its_run_uri(cfg,
     assert feats.shape == (3, 384)
 
 
+def test_training_runs_list_the_data_they_read_as_mlflow_datasets(cfg, first):
+    """The UI's Datasets column: each pretrain and fine-tune run names its task's train and
+    validation splits, digested by the task's content hash (the prepare unit's)."""
+    from mera.unit import tracker
+
+    client = tracker(cfg).client
+    hashes = {json.loads(m.read_text())["task"]: json.loads(m.read_text())["hash"]
+              for m in cfg.paths.resolve("artifacts").glob("prepare/*/manifest.json")}
+    trained = [r for r in child_runs(cfg, first["parent_run_id"])
+               if r.data.tags["mera.stage"] in ("pretrain", "fewshot")]
+    assert len(trained) == STAGE_COUNTS["pretrain"] + STAGE_COUNTS["fewshot"]
+    for r in trained:
+        task = r.data.tags.get("target") or r.data.tags["task"]
+        inputs = client.get_run(r.info.run_id).inputs.dataset_inputs
+        assert {(i.dataset.name, i.tags[0].value) for i in inputs} == {(f"{task}.train", "training"),
+                                                                       (f"{task}.validation", "evaluation")}
+        assert {i.dataset.digest for i in inputs} == {hashes[task][:36]}
+
+
+def test_the_mlflow_ui_finds_one_cell_and_one_stage_as_a_person_searches(cfg, first):
+    """Through `mera ui`'s server, the searches a person types in the UI's search box (the UI
+    sends them to this endpoint): one fine-tune by target, init, group, K and seed; every run
+    of one stage."""
+    import urllib.request
+
+    from tests.conftest import mera_ui
+
+    def call(url: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(url, json.dumps(body).encode() if body else None,
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    with mera_ui(Path(cfg.paths.root)) as url:
+        api = f"{url}/api/2.0/mlflow"
+        exp = call(f"{api}/experiments/get-by-name?experiment_name=mera-smoke")["experiment"]["experiment_id"]
+
+        def search(text: str) -> list[dict]:
+            return call(f"{api}/runs/search", {"experiment_ids": [exp], "filter": text, "max_results": 1000})["runs"]
+
+        cell = search("tags.target = 'rte' and tags.init = 'mera-wts' and tags.group = 'same-track' "
+                      "and tags.shots = '2' and tags.seed = '13'")
+        assert [r["info"]["run_name"] for r in cell] == ["rte.mera-wts.same-track.k2.s13"]
+        assert len(search("tags.`mera.stage` = 'merge'")) == STAGE_COUNTS["merge"]
+
+
 def test_merge_groups_leave_the_target_out(cfg, first):
     dirs = [p.parent for p in cfg.paths.resolve("artifacts").glob("merge/*/manifest.json")]
     assert len(dirs) == STAGE_COUNTS["merge"]
@@ -206,6 +252,24 @@ def test_rerun_is_all_cache_hits_and_logs_nothing_new(cfg, first):
     assert {r.info.run_id for r in child_runs(cfg, first["parent_run_id"])} == before
     states = task_states(again["flow_run_id"])
     assert len(states) == sum(STAGE_COUNTS.values()) and set(states) == {"Cached"}
+
+
+def test_a_sweep_that_reuses_units_links_their_runs(cfg, first):
+    """Another sweep over the same units (here: the targets listed in another order) is a new
+    sweep run; its units.json points at the runs that made each result, marked reused."""
+    from flows.benchmark import run
+    from mera.unit import tracker
+
+    client = tracker(cfg).client
+    linked = json.loads(Path(client.download_artifacts(first["parent_run_id"], "units.json")).read_text())
+    assert len(linked) == sum(STAGE_COUNTS.values()) and not any(v["reused"] for v in linked.values())
+    assert client.get_run(first["parent_run_id"]).data.tags["mera.reused_units"] == "0"
+    other = run(cfg.model_copy(update={"fewshot": cfg.fewshot.model_copy(
+        update={"targets": list(reversed(cfg.fewshot.targets))})}))
+    assert other["parent_run_id"] != first["parent_run_id"]
+    again = json.loads(Path(client.download_artifacts(other["parent_run_id"], "units.json")).read_text())
+    assert again == {unit: {**v, "reused": True} for unit, v in linked.items()}
+    assert client.get_run(other["parent_run_id"]).data.tags["mera.reused_units"] == str(len(linked))
 
 
 def test_resume_reruns_exactly_the_missing_unit(cfg, first):

@@ -8,6 +8,12 @@ from mera.config import SweepConfig
 EVAL_SEED = 0  # the validation cap draws the same examples for every run
 
 
+def inputs(task: str, data_hash: str, train_rows: int, eval_rows: int) -> list[dict]:
+    """What a training unit read, for its manifest and its MLflow dataset inputs."""
+    return [{"task": task, "split": "train", "rows": train_rows, "hash": data_hash, "context": "training"},
+            {"task": task, "split": "validation", "rows": eval_rows, "hash": data_hash, "context": "evaluation"}]
+
+
 def runtime(cfg: SweepConfig):
     """The device, precision and evaluation batch of this run (mera.train.Runtime)."""
     from mera.train import Runtime

@@ -9,7 +9,7 @@ from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.inits import Init
 from mera.plan import Node
-from mera.stages.common import runtime, validation_scores
+from mera.stages.common import inputs, runtime, validation_scores
 from mera.tasks import read_task
 from mera.unit import Unit, lineage, run_unit
 
@@ -71,7 +71,9 @@ def run(cfg: SweepConfig, node: Node, ups: list[dict], parent_id: str | None = N
         manifest = {"target": target, "track": prep["track"], "init": init.name, "init_kind": init.kind,
                     "group": group, "shots": shots, "seed": seed, "n_train": len(train_df), "n_eval": n_eval,
                     "metrics": metrics, "sources": sources, "single_source": init.grouped and len(sources) == 1,
-                    "weights_kept": st.saves, "runtime": rt.describe(), **st.info}
+                    "weights_kept": st.saves, "runtime": rt.describe(), **st.info,
+                    "inputs": inputs(target, prep["hash"], len(train_df) + len(dev_df if dev_df is not None else []),
+                                     n_eval)}
         return manifest, metrics
 
     tags = {"target": target, "init": init.name, "group": group or "-", "shots": shots, "seed": seed}

@@ -8,7 +8,7 @@ from mera import data
 from mera.artifacts import ADAPTER_SUBDIR
 from mera.config import SweepConfig
 from mera.plan import Node, pretrain_config
-from mera.stages.common import runtime, validation_scores
+from mera.stages.common import inputs, runtime, validation_scores
 from mera.tasks import read_task
 from mera.unit import Unit, run_unit
 
@@ -54,7 +54,7 @@ def run(cfg: SweepConfig, node: Node, ups: list[dict], parent_id: str | None = N
         else:
             save_adapter(model.to("cpu"), tmp / ADAPTER_SUBDIR, with_head=True)
         manifest = {"task": task, "track": prep["track"], "n_train": len(df),
-                    "n_train_available": prep["rows"]["train"],
+                    "n_train_available": prep["rows"]["train"], "inputs": inputs(task, prep["hash"], len(df), n_eval),
                     "n_eval": n_eval, "init_seed": seed, "metrics": metrics, "runtime": rt.describe(),
                     **({"delta": delta_info} if delta else {})}
         return manifest, metrics
