@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature, set_model
+from mlflow.types import ColSpec, Schema
 
 MODEL_NAME = "model"  # the logged model's name in every unit run: runs:/<run id>/model
 REQUIREMENTS = ["mera-bench", "torch", "transformers", "adapters", "pandas"]
+# an input example would make MLflow load the base model and predict once per unit: none is given
+warnings.filterwarnings("ignore", message=".*An input example was not provided")  # (after a colour code)
+SIGNATURE = ModelSignature(Schema([ColSpec("string", "sentence1"), ColSpec("string", "sentence2", required=False)]))
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
@@ -56,10 +62,13 @@ def log(client, experiment_id: str, run_id: str, adapter_dir: Path, max_length: 
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                         tags={k: str(v) for k, v in tags.items()}, model_type="adapter")
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pyfunc.save_model(Path(tmp) / MODEL_NAME, python_model=AdapterModel(),
+        mlflow.pyfunc.save_model(Path(tmp) / MODEL_NAME, python_model=__file__, signature=SIGNATURE,
                                  artifacts={"adapter": str(adapter_dir)}, model_config={"max_length": max_length},
-                                 pip_requirements=REQUIREMENTS)
+                                 pip_requirements=REQUIREMENTS)  # the model from this file's code, no pickle
         client.log_model_artifacts(logged.model_id, str(Path(tmp) / MODEL_NAME))
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id
+
+
+set_model(AdapterModel())  # what MLflow loads from this file (models from code)
