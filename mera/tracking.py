@@ -17,13 +17,14 @@ SWEEP_STAGE = "sweep"
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, experiment name) -> id, per process
 
 
-def _retry(fn, *args, attempts: int = 6, **kwargs):
-    """SQLite under concurrent writers answers 'database is locked' now and then."""
+def _retry(fn, *args, attempts: int = 6, transient: tuple[str, ...] = ("locked",), **kwargs):
+    """SQLite under concurrent writers answers 'database is locked' now and then; `transient`
+    names the errors worth another try."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # mlflow wraps the sqlite error in its own types
-            if "locked" not in str(exc) or i == attempts - 1:
+            if not any(t in str(exc) for t in transient) or i == attempts - 1:
                 raise
             time.sleep(0.2 * (i + 1))
 
@@ -184,11 +185,14 @@ class UnitRun:
         task split, named `<task>.<split>`, digested by the task's content hash."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        _retry(self.tracker.client.log_inputs, self.run_id, [DatasetInput(
-            Dataset(f"{i['task']}.{i['split']}", i["hash"][:36], "local",
-                    json.dumps({"uri": str(Path(data_dir) / i["task"] / f"{i['split']}.parquet")}),
-                    profile=json.dumps({"num_rows": i["rows"]})),
-            [InputTag("mlflow.data.context", i["context"])]) for i in inputs])
+        datasets = [DatasetInput(Dataset(f"{i['task']}.{i['split']}", i["hash"][:36], "local",
+                                         json.dumps({"uri": str(Path(data_dir) / i["task"] / f"{i['split']}.parquet")}),
+                                         profile=json.dumps({"num_rows": i["rows"]})),
+                                 [InputTag("mlflow.data.context", i["context"])]) for i in inputs]
+        # MLflow looks a dataset up, then inserts it: two units of one task logging it at once
+        # collide on its unique key, and the second try finds the row the other one wrote
+        _retry(self.tracker.client.log_inputs, self.run_id, datasets=datasets,
+               transient=("locked", "UNIQUE constraint failed"))
 
     def model(self, adapter_dir: Path, max_length: int, tags: dict) -> str:
         """The adapter as the run's MLflow model (mera.mlmodel): runs:/<run id>/model loads it."""

@@ -263,3 +263,39 @@ def test_4_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlfl
                                  (old["mlflow_run_id"],)).fetchall()
     assert twice == []
     assert superseded == [("deleted", new["mlflow_run_id"])]
+
+
+def _log_datasets(store: str, barrier, errors) -> None:
+    from mera.tracking import Tracker, UnitRun
+
+    tracker = Tracker(store, "race")
+    for i in range(12):
+        run = tracker.client.create_run(tracker.experiment_id())
+        barrier.wait()  # both processes log the same new dataset at once
+        try:
+            UnitRun(tracker, run.info.run_id, run.info.artifact_uri).datasets(
+                [{"task": f"t{i}", "split": "train", "rows": 4, "hash": "0" * 16, "context": "training"}], Path("data"))
+        except Exception as exc:
+            errors.put(str(exc)[:200])
+
+
+def test_units_of_one_task_log_its_dataset_at_once_without_failing(tmp_path):
+    """Two worker processes logging the same dataset to one SQLite store at the same moment
+    race in MLflow (look up, then insert): the loser retries and finds the winner's row."""
+    import multiprocessing as mp
+
+    from mera.tracking import Tracker
+
+    store = str(tmp_path / "mlruns")
+    Tracker(store, "race").experiment_id()  # the store and experiment, before the race
+    ctx = mp.get_context("spawn")
+    barrier, errors = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_log_datasets, args=(store, barrier, errors)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert errors.empty(), errors.get()
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as con:
+        assert con.execute("select count(*) from inputs").fetchone()[0] == 24  # every run names its dataset
