@@ -9,6 +9,7 @@ sentence2) to label names; without one (a merged adapter) to [CLS] features.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ from mlflow.types import ColSpec, Schema
 
 MODEL_NAME = "model"  # the logged model's name in every unit run: runs:/<run id>/model
 REQUIREMENTS = ["mera-bench", "torch", "transformers", "adapters", "pandas"]
+# copying the adapter into the model draws a progress bar per unit; a user's own setting wins
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # an input example would make MLflow load the base model and predict once per unit: none is given
 warnings.filterwarnings("ignore", message=".*An input example was not provided")  # (after a colour code)
 SIGNATURE = ModelSignature(Schema([ColSpec("string", "sentence1"), ColSpec("string", "sentence2", required=False)]))

@@ -140,6 +140,7 @@ def test_2_deleted_and_corrupted_fine_tunes_are_recomputed_exactly(sweep):
 
     again = sweep.run()
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "Downloading artifacts" not in again.stderr  # no progress bar per logged model
     after = {n: (d / "manifest.json").stat().st_mtime_ns for n, d in sweep.unit_dirs().items()}
     assert {n for n in after if after[n] != before[n]} == {deleted.name, corrupted.name}
     assert len(sweep.runs()) == runs_before + 2
