@@ -146,6 +146,9 @@ class Tracker:
         if before == "FINISHED":  # its result was lost or changed and is redone: one FINISHED run per key
             _retry(self.client.set_tag, previous, "mera.superseded_by", run.info.run_id)
             _retry(self.client.delete_run, previous)
+            for model in _retry(self.client.search_logged_models, [self.experiment_id()],
+                                filter_string=f"source_run_id = '{previous}'"):
+                _retry(self.client.delete_logged_model, model.model_id)  # its adapter is gone too
         handle = UnitRun(self, run.info.run_id, run.info.artifact_uri)
         self._log(handle.run_id, params, {})
         try:

@@ -264,6 +264,12 @@ def test_4_a_corrupted_source_adapter_is_named_and_redone_and_superseded_in_mlfl
                                  (old["mlflow_run_id"],)).fetchall()
     assert twice == []
     assert superseded == [("deleted", new["mlflow_run_id"])]
+    from mera.configfile import load_config
+    from mera.unit import tracker
+
+    track = tracker(load_config(sweep.root / "sweep.yaml", {"paths.root": str(sweep.root)}))
+    models = {m.source_run_id for m in track.client.search_logged_models([track.experiment_id()], max_results=1000)}
+    assert new["mlflow_run_id"] in models and old["mlflow_run_id"] not in models  # the UI lists the current one
 
 
 def _log_datasets(store: str, barrier, errors) -> None:
