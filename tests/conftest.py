@@ -74,6 +74,21 @@ def tiny(shared_data, tmp_path_factory):
     return config
 
 
+def wait_healthy(url: str, proc, log: Path, timeout: float) -> None:
+    """Until `url` answers; fails with the end of the server's log if it exits or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+
+
 @contextmanager
 def mera_ui(root: Path, config: Path = REPO / "configs" / "smoke.yaml"):
     """`mera ui` on the project at root, as a person starts it; yields its URL once it answers
@@ -81,8 +96,6 @@ def mera_ui(root: Path, config: Path = REPO / "configs" / "smoke.yaml"):
     import signal
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -92,14 +105,7 @@ def mera_ui(root: Path, config: Path = REPO / "configs" / "smoke.yaml"):
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
                                 start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (root / "ui.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_healthy(f"{url}/health", proc, root / "ui.log", 120)
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

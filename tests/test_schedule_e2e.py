@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -51,14 +50,7 @@ def server(tmp_path_factory):
                                  "--port", url.split(":")[-1].split("/")[0]],
                                 env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-                time.sleep(1)
+        wait_healthy(f"{url}/health", proc, root / "server.log", 180)
         yield env, root
     finally:
         _stop(proc)
