@@ -144,7 +144,7 @@ def test_a_sweep_pretrains_sparse_sources_and_merges_them(tiny):
     out = stages.run_all(cfg, nodes)
     adapters = [out[f"pretrain/{t}.sparse"] for t in ("imdb", "mr")]
     for a in adapters:
-        assert a["delta"]["kind"] == "sparse" and a["delta"]["density"] == 0.002 and a["metrics"]["accuracy"] >= 0
+        assert a["delta"]["kind"] == "sparse" and a["delta"]["density"] == 0.002
     masks = [deltas.masks_of(f"{a['path']}/adapter") for a in adapters]
     for method in ("mera-avg", "ties"):
         merged = stages.run(cfg, plan.merge_node("sst2", "same-track", method, ["imdb", "mr"], "sparse"), adapters)
