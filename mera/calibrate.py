@@ -12,11 +12,12 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from mera.merge.methods import CALIB_CHOICES
 from mera.models import ADAPTER, set_adapter_state
 from mera.tokens import encode
 from mera.train import length_batches
 
-POINTS = ("pre", "post")
+POINTS = CALIB_CHOICES["point"]  # declared once, with the merge parameters
 State = dict[str, torch.Tensor]
 
 
